@@ -1,0 +1,796 @@
+"""Execute the book's notebooks with papermill, then build the HTML with Jupyter Book 1.
+
+Run it as ``python -m fer.book`` (``make book`` does)::
+
+    python -m fer.book [--profile smoke|demo|paper] [--data-root PATH] [--only GLOB]
+                       [--force] [--no-build] [--strict] [--root DIR] [--jobs N]
+
+What happens, in order:
+
+1. ``_toc.yml`` under the book root lists the pages in reading order. Notebooks
+   (``.ipynb``) are executed; every other page (``.md``) is copied as it is.
+2. Each notebook gets its parameters: ``{"profile": <profile>}``, then the entry for
+   that notebook and profile in ``book/profiles.yml`` (none for ``smoke``: the
+   notebook's own defaults *are* the smoke profile), then ``{"data_root": ...}`` when
+   ``--data-root`` is given. Every notebook needs one cell tagged ``parameters`` that
+   defines ``profile`` and ``data_root`` and every other key injected into it.
+3. The book source is staged into ``_build/src/`` (``_config.yml``, ``_toc.yml``, the
+   non-notebook files under ``book/``, and every page in the toc). Files are only
+   rewritten when their bytes change, so Sphinx rebuilds only what changed.
+4. Each notebook runs with papermill into ``_build/src/<same path>``. The kernel's
+   working directory is the *staged* notebook's folder; notebooks find the repository
+   through ``fer.REPO_ROOT``, never through relative paths. The kernel sees
+   ``FER_PROFILE=<profile>``, ``PYTHONHASHSEED=0`` and the headless matplotlib inline
+   backend (``MPLBACKEND=module://matplotlib_inline.backend_inline``; plain ``Agg``
+   would drop every figure from the pages).
+5. Executions are cached under ``_build/cache/<profile>/``. The key hashes the notebook
+   bytes, the injected parameters, the profile, every ``*.py`` file of the ``fer``
+   package and the python and torch versions; a hit copies the cached notebook
+   instead of running it. ``--force`` ignores the cache.
+6. ``_build/book-report.json`` records per notebook the wall time, whether it came
+   from the cache, the profile and the parameters, plus the totals.
+7. Unless ``--no-build``: ``jupyter-book build _build/src --path-output <root>`` with
+   execution off, so the book lands at ``<root>/_build/html/index.html``. The build
+   fails on Sphinx errors and on warnings that mean a broken book (toc entries,
+   missing citations, unresolved references); ``--strict`` fails on any warning.
+
+Notebooks left out by ``--only`` are staged from a valid cache entry when there is
+one, otherwise unexecuted; the report marks them ``"skipped"``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import concurrent.futures
+import contextlib
+import fnmatch
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import yaml
+
+__all__ = [
+    "PROFILES",
+    "REQUIRED_PARAMETERS",
+    "BookError",
+    "NotebookFailed",
+    "BookPaths",
+    "NotebookResult",
+    "find_root",
+    "toc_entries",
+    "read_toc",
+    "load_profiles",
+    "parameter_names",
+    "notebook_parameters",
+    "package_fingerprint",
+    "environment_fingerprint",
+    "cache_key",
+    "stage_sources",
+    "run_notebooks",
+    "write_report",
+    "build_html",
+    "main",
+]
+
+#: Profiles a notebook can be run with; ``smoke`` is every notebook's default.
+PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
+#: Names every notebook's ``parameters`` cell must define.
+REQUIRED_PARAMETERS: tuple[str, ...] = ("profile", "data_root")
+#: Bump when the meaning of a cache entry changes.
+_CACHE_VERSION = "1"
+_PAGE_SUFFIXES: tuple[str, ...] = (".ipynb", ".md", ".rst")
+_PROFILES_FILE = Path("book") / "profiles.yml"
+_KERNEL_ENV: dict[str, str] = {
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    "PYTHONHASHSEED": "0",
+    # Use this environment's ``python3`` kernel even if the user has their own.
+    "JUPYTER_PREFER_ENV_PATH": "1",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: Build warnings that mean the book is broken, even without ``--strict``.
+_FATAL_WARNINGS = re.compile(
+    r"toctree|\[etoc\]|nonexisting document|didn't match any documents"
+    r"|could not find bibtex key|citation not found|undefined label|unknown document"
+    r"|reference target not found|image file not readable"
+)
+
+
+class BookError(RuntimeError):
+    """A problem with the book's sources or configuration; the message says the fix."""
+
+
+class NotebookFailed(BookError):
+    """A notebook raised while papermill executed it.
+
+    ``results`` holds what happened to every notebook handled before the stop.
+    """
+
+    def __init__(self, message: str, results: Sequence["NotebookResult"] = ()) -> None:
+        super().__init__(message)
+        self.results = list(results)
+
+
+@dataclass(frozen=True)
+class BookPaths:
+    """Where the runner reads and writes, all under one book root."""
+
+    root: Path
+
+    @property
+    def build(self) -> Path:
+        """``<root>/_build``."""
+        return self.root / "_build"
+
+    @property
+    def src(self) -> Path:
+        """Staged book source handed to jupyter-book."""
+        return self.build / "src"
+
+    @property
+    def cache(self) -> Path:
+        """Executed notebooks, one folder per profile."""
+        return self.build / "cache"
+
+    @property
+    def html(self) -> Path:
+        """Where jupyter-book writes the HTML (``--path-output <root>``)."""
+        return self.build / "html"
+
+    @property
+    def report(self) -> Path:
+        """The JSON run report."""
+        return self.build / "book-report.json"
+
+
+@dataclass
+class NotebookResult:
+    """How one notebook got into the staged book."""
+
+    notebook: str
+    profile: str
+    parameters: dict[str, Any]
+    seconds: float = 0.0
+    cached: bool = False
+    status: str = "executed"  # executed | cached | skipped | failed
+    key: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The report entry for this notebook (everything but its name)."""
+        out = asdict(self)
+        out.pop("notebook")
+        return out
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def find_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """Return the book root: ``root`` if given, else the cwd or the ``fer`` checkout.
+
+    The root is the folder that holds ``_toc.yml``.
+    """
+    if root is not None:
+        candidates = [Path(root)]
+    else:
+        candidates = [Path.cwd(), Path(__file__).resolve().parent.parent]
+    for cand in candidates:
+        if (cand / "_toc.yml").is_file():
+            return cand.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise BookError(f"no _toc.yml in {tried}: run from the repository root or pass --root DIR")
+
+
+def toc_entries(node: Any) -> Iterator[tuple[str, str]]:
+    """Yield ``("file"|"glob", value)`` for every entry of a parsed ``_toc.yml``."""
+    if isinstance(node, dict):
+        for kind in ("root", "file", "glob"):
+            if kind in node:
+                yield ("glob" if kind == "glob" else "file"), str(node[kind])
+        for key in ("parts", "chapters", "sections", "subtrees", "entries"):
+            for child in node.get(key) or ():
+                yield from toc_entries(child)
+    elif isinstance(node, list):
+        for child in node:
+            yield from toc_entries(child)
+
+
+def _resolve_page(root: Path, entry: str) -> Path:
+    """Map a toc entry (with or without suffix) to an existing file, relative to root."""
+    rel = Path(entry)
+    if rel.suffix in _PAGE_SUFFIXES:
+        if (root / rel).is_file():
+            return rel
+    else:
+        found = [rel.with_suffix(s) for s in _PAGE_SUFFIXES if (root / rel.with_suffix(s)).is_file()]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            names = ", ".join(p.as_posix() for p in found)
+            raise BookError(
+                f"_toc.yml entry {entry!r} is ambiguous ({names}): keep one of them "
+                "or write the suffix in _toc.yml"
+            )
+    raise BookError(
+        f"_toc.yml lists {entry!r} but no {entry}{{{','.join(_PAGE_SUFFIXES)}}} exists under "
+        f"{root}: create the page or remove the entry from _toc.yml"
+    )
+
+
+def read_toc(root: Path) -> list[Path]:
+    """Pages of the book in toc order, as paths relative to ``root`` with suffixes."""
+    toc_path = root / "_toc.yml"
+    try:
+        toc = yaml.safe_load(toc_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise BookError(f"cannot read {toc_path}: {exc}") from exc
+    if not isinstance(toc, dict) or "root" not in toc:
+        raise BookError(f"{toc_path} has no 'root:' entry: it must be a jb-book toc")
+    pages: list[Path] = []
+    for kind, value in toc_entries(toc):
+        if kind == "file":
+            found = [_resolve_page(root, value)]
+        else:  # a glob over docnames, i.e. paths without their suffix
+            found = sorted(
+                p.relative_to(root)
+                for suffix in _PAGE_SUFFIXES
+                for p in root.glob(value + suffix)
+                if p.is_file()
+            )
+        pages.extend(p for p in found if p not in pages)
+    return pages
+
+
+def load_profiles(root: Path, profile: str) -> dict[str, dict[str, Any]]:
+    """Per-notebook injected parameters for ``profile`` from ``book/profiles.yml``.
+
+    Returns ``{notebook path: {name: value}}``. The file is optional for ``smoke``,
+    whose parameters are the notebooks' own defaults.
+    """
+    if profile not in PROFILES:
+        raise BookError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
+    path = root / _PROFILES_FILE
+    if not path.is_file():
+        if profile == "smoke":
+            return {}
+        raise BookError(f"{path} is missing: it holds the {profile!r} parameters of every notebook")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise BookError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BookError(f"{path} must map notebook paths to {{profile: {{name: value}}}}")
+    out: dict[str, dict[str, Any]] = {}
+    for nb, per_profile in data.items():
+        if not isinstance(per_profile, dict):
+            raise BookError(f"{path}: entry {nb!r} must map profile names to parameter dicts")
+        unknown = sorted(set(per_profile) - set(PROFILES[1:]))
+        if unknown:
+            raise BookError(
+                f"{path}: entry {nb!r} has profile(s) {unknown}; only "
+                f"{list(PROFILES[1:])} belong there (smoke is the notebook's own defaults)"
+            )
+        params = per_profile.get(profile)
+        if params is None and profile in per_profile:
+            params = {}
+        if params is not None and not isinstance(params, dict):
+            raise BookError(f"{path}: {nb!r} -> {profile!r} must be a mapping of parameters")
+        if params is not None:
+            out[str(nb)] = dict(params)
+    return out
+
+
+def _parameters_cell(nb: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The first cell tagged ``parameters``, or None."""
+    for cell in nb.get("cells", []):
+        if "parameters" in (cell.get("metadata", {}).get("tags") or []):
+            return cell
+    return None
+
+
+def parameter_names(nb_path: Path) -> set[str]:
+    """Names assigned at top level in the notebook's ``parameters`` cell."""
+    try:
+        nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BookError(f"{nb_path}: not a readable notebook ({exc})") from exc
+    cell = _parameters_cell(nb)
+    if cell is None:
+        raise BookError(
+            f"{nb_path}: no cell tagged 'parameters'. Add one code cell with the tag "
+            f"'parameters' defining {', '.join(REQUIRED_PARAMETERS)} and the notebook's "
+            "knobs (its defaults are the smoke profile)"
+        )
+    source = cell.get("source", "")
+    source = "".join(source) if isinstance(source, list) else source
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise BookError(f"{nb_path}: the 'parameters' cell is not plain Python ({exc})") from exc
+    names: set[str] = set()
+    for stmt in tree.body:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
+        for target in targets:
+            if isinstance(target, ast.Name):
+                names.add(target.id)
+            elif isinstance(target, ast.Tuple):
+                names.update(e.id for e in target.elts if isinstance(e, ast.Name))
+    return names
+
+
+def notebook_parameters(
+    nb_rel: str,
+    defined: set[str],
+    profile: str,
+    profiles: Mapping[str, Mapping[str, Any]],
+    data_root: str | None,
+) -> dict[str, Any]:
+    """Parameters injected into ``nb_rel``, checked against the names it ``defined``."""
+    missing = [name for name in REQUIRED_PARAMETERS if name not in defined]
+    if missing:
+        raise BookError(
+            f"{nb_rel}: its 'parameters' cell does not define {', '.join(missing)}; "
+            f"every notebook defines {', '.join(REQUIRED_PARAMETERS)} "
+            "(e.g. profile = \"smoke\"; data_root = None)"
+        )
+    params: dict[str, Any] = {"profile": profile}
+    if profile != "smoke":
+        if nb_rel not in profiles:
+            raise BookError(
+                f"{_PROFILES_FILE.as_posix()} has no {profile!r} entry for {nb_rel}: add "
+                f"'{nb_rel}: {{{profile}: {{}}}}' (with the {profile} values of its knobs)"
+            )
+        params.update(profiles[nb_rel])
+    if data_root is not None:
+        params["data_root"] = data_root
+    unknown = sorted(set(params) - defined)
+    if unknown:
+        raise BookError(
+            f"{nb_rel}: {_PROFILES_FILE.as_posix()} injects {', '.join(unknown)} for profile "
+            f"{profile!r} but the notebook's 'parameters' cell does not define "
+            f"{'it' if len(unknown) == 1 else 'them'}: define a smoke default in that cell "
+            "or fix the key in profiles.yml"
+        )
+    return params
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def package_fingerprint(package_dir: Path) -> str:
+    """sha256 over the relative path and bytes of every ``*.py`` under ``package_dir``."""
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(path.relative_to(package_dir).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def environment_fingerprint() -> str:
+    """Python and torch versions (read from metadata: importing torch is slow)."""
+    return f"python={platform.python_version()};torch={_dist_version('torch')}"
+
+
+def cache_key(
+    nb_bytes: bytes,
+    parameters: Mapping[str, Any],
+    profile: str,
+    package_fp: str,
+    env_fp: str,
+) -> str:
+    """The cache key of one notebook execution."""
+    digest = hashlib.sha256()
+    for part in (
+        _CACHE_VERSION.encode(),
+        nb_bytes,
+        json.dumps(dict(parameters), sort_keys=True, default=str).encode(),
+        profile.encode(),
+        package_fp.encode(),
+        env_fp.encode(),
+    ):
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()
+
+
+def _cache_entry(paths: BookPaths, profile: str, nb_rel: Path) -> tuple[Path, Path]:
+    """(cached notebook, its metadata JSON)."""
+    nb_path = paths.cache / profile / nb_rel
+    return nb_path, nb_path.with_name(nb_path.name + ".json")
+
+
+def _cache_lookup(paths: BookPaths, profile: str, nb_rel: Path, key: str) -> Path | None:
+    nb_path, meta_path = _cache_entry(paths, profile, nb_rel)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return nb_path if meta.get("key") == key and nb_path.is_file() else None
+
+
+def _atomic_copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def _cache_store(paths: BookPaths, result: NotebookResult, executed: Path) -> None:
+    nb_path, meta_path = _cache_entry(paths, result.profile, Path(result.notebook))
+    _atomic_copy(executed, nb_path)
+    meta = {"key": result.key, "seconds": result.seconds, "parameters": result.parameters}
+    tmp = meta_path.with_name(f".{meta_path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, meta_path)
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def _sync_file(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` unless the bytes are already there (keeps mtimes)."""
+    if dest.is_file() and dest.stat().st_size == src.stat().st_size:
+        if dest.read_bytes() == src.read_bytes():
+            return
+    _atomic_copy(src, dest)
+
+
+def stage_sources(paths: BookPaths, pages: Sequence[Path]) -> None:
+    """Copy config, toc, non-notebook book files and non-notebook pages into ``src``.
+
+    Files in ``src`` that no longer belong to the book are removed; notebooks are
+    left for :func:`run_notebooks` to write.
+    """
+    root, src = paths.root, paths.src
+    wanted: set[Path] = {Path("_config.yml"), Path("_toc.yml")}
+    wanted.update(p for p in pages if p.suffix != ".ipynb")
+    book_dir = root / "book"
+    if book_dir.is_dir():
+        for path in book_dir.rglob("*"):
+            rel = path.relative_to(root)
+            skip = {".ipynb_checkpoints", "__pycache__"} & set(rel.parts)
+            if path.is_file() and path.suffix != ".ipynb" and not skip:
+                wanted.add(rel)
+    if not (root / "_config.yml").is_file():
+        raise BookError(f"{root / '_config.yml'} is missing: jupyter-book needs it")
+    notebooks = {p for p in pages if p.suffix == ".ipynb"}
+    if src.is_dir():
+        for path in sorted(src.rglob("*"), reverse=True):
+            rel = path.relative_to(src)
+            if path.is_file() and rel not in wanted and rel not in notebooks:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    for rel in sorted(wanted):
+        _sync_file(root / rel, src / rel)
+
+
+# --------------------------------------------------------------------------- execution
+
+
+@contextlib.contextmanager
+def _kernel_environment(profile: str) -> Iterator[None]:
+    """Set the environment the kernels inherit; restore it afterwards."""
+    updates = dict(_KERNEL_ENV, FER_PROFILE=profile)
+    saved = {name: os.environ.get(name) for name in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _execute(src: Path, dest: Path, parameters: Mapping[str, Any], progress: bool) -> None:
+    """Run one notebook with papermill from ``src`` into ``dest`` (cwd = dest's folder)."""
+    import papermill  # deferred: slow to import, and not needed for cache hits
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(src),
+            str(dest),
+            parameters=dict(parameters),
+            cwd=str(dest.parent),
+            kernel_name="python3",
+            language="python",
+            progress_bar=progress,
+            log_output=False,
+        )
+    except papermill.PapermillExecutionError as exc:
+        source = "\n".join("    " + line for line in (exc.source or "").splitlines()[:15])
+        raise NotebookFailed(
+            f"notebook {src} failed in cell {exc.cell_index} of the executed notebook "
+            f"(execution count {exc.exec_count}): {exc.ename}: {exc.evalue}\n  cell source:\n{source}\n"
+            f"  partially executed notebook: {dest}"
+        ) from exc
+    except Exception as exc:  # kernel died, bad notebook JSON, ...
+        raise NotebookFailed(
+            f"notebook {src} could not be executed: {type(exc).__name__}: {exc}\n"
+            f"  partially executed notebook (if any): {dest}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class _Job:
+    rel: Path
+    parameters: dict[str, Any]
+    key: str
+    selected: bool
+
+
+def _plan(
+    paths: BookPaths,
+    notebooks: Sequence[Path],
+    profile: str,
+    data_root: str | None,
+    only: str | None,
+    package_dir: Path,
+) -> list[_Job]:
+    """Check every notebook's parameters and compute its cache key, before running any."""
+    profiles = load_profiles(paths.root, profile)
+    pkg_fp, env_fp = package_fingerprint(package_dir), environment_fingerprint()
+    jobs = []
+    for rel in notebooks:
+        path = paths.root / rel
+        params = notebook_parameters(
+            rel.as_posix(), parameter_names(path), profile, profiles, data_root
+        )
+        key = cache_key(path.read_bytes(), params, profile, pkg_fp, env_fp)
+        jobs.append(_Job(rel, params, key, _matches(rel, only)))
+    if only is not None and not any(job.selected for job in jobs):
+        listed = "\n  ".join(r.as_posix() for r in notebooks) or "(none)"
+        raise BookError(f"--only {only!r} matches no notebook in _toc.yml; they are:\n  {listed}")
+    return jobs
+
+
+def _matches(rel: Path, pattern: str | None) -> bool:
+    if pattern is None:
+        return True
+    posix = rel.as_posix()
+    return fnmatch.fnmatch(posix, pattern) or fnmatch.fnmatch(posix[: -len(rel.suffix)], pattern)
+
+
+def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: bool) -> NotebookResult:
+    """Stage one notebook: from the cache, by executing it, or (not selected) as is."""
+    result = NotebookResult(job.rel.as_posix(), profile, job.parameters, key=job.key)
+    dest = paths.src / job.rel
+    hit = None if force and job.selected else _cache_lookup(paths, profile, job.rel, job.key)
+    if hit is not None:
+        _sync_file(hit, dest)
+        result.cached, result.status = True, "cached"
+        return result
+    if not job.selected:
+        _sync_file(paths.root / job.rel, dest)
+        result.status = "skipped"
+        return result
+    start = time.perf_counter()
+    try:
+        _execute(paths.root / job.rel, dest, job.parameters, progress)
+    finally:
+        result.seconds = round(time.perf_counter() - start, 2)
+    _cache_store(paths, result, dest)
+    return result
+
+
+def run_notebooks(
+    paths: BookPaths,
+    notebooks: Sequence[Path],
+    profile: str,
+    *,
+    data_root: str | None = None,
+    only: str | None = None,
+    force: bool = False,
+    jobs: int = 1,
+    package_dir: Path | None = None,
+) -> list[NotebookResult]:
+    """Stage every notebook of the book into ``paths.src``, executing where needed.
+
+    Raises :class:`BookError` before running anything if a notebook's parameters are
+    wrong, and :class:`NotebookFailed` (after the running ones finish) if one raises.
+    """
+    from tqdm.auto import tqdm
+
+    package_dir = package_dir or Path(__file__).resolve().parent
+    plan = _plan(paths, notebooks, profile, data_root, only, package_dir)
+    results: dict[Path, NotebookResult] = {}
+    failure: NotebookFailed | None = None
+    stop = threading.Event()  # set by the first failure: later notebooks do not start
+
+    def work(job: _Job) -> NotebookResult | None:
+        if stop.is_set():
+            return None
+        try:
+            return _run_one(paths, job, profile, force, progress=jobs == 1)
+        except NotebookFailed:
+            stop.set()
+            raise
+
+    bar = tqdm(total=len(plan), desc=f"notebooks ({profile})", unit="nb")
+    with _kernel_environment(profile), concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = {pool.submit(work, job): job for job in plan}
+        for future in concurrent.futures.as_completed(futures):
+            job = futures[future]
+            bar.update()
+            try:
+                result = future.result()
+            except NotebookFailed as exc:
+                failure = failure or exc
+                results[job.rel] = NotebookResult(
+                    job.rel.as_posix(), profile, job.parameters, status="failed", key=job.key
+                )
+                continue
+            if result is None:
+                continue
+            results[job.rel] = result
+            how = {"cached": "cached", "skipped": "skipped (not in --only)"}.get(
+                result.status, f"executed in {result.seconds:.1f} s"
+            )
+            bar.write(f"  {result.notebook}: {how}", file=sys.stderr)
+    bar.close()
+    ordered = [results[job.rel] for job in plan if job.rel in results]
+    if failure is not None:
+        raise NotebookFailed(str(failure), ordered) from failure
+    return ordered
+
+
+def write_report(
+    paths: BookPaths,
+    profile: str,
+    data_root: str | None,
+    results: Sequence[NotebookResult],
+    seconds: float,
+    build_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Write ``_build/book-report.json`` and return what was written."""
+    report = {
+        "profile": profile,
+        "data_root": data_root,
+        "notebooks": {r.notebook: r.to_json() for r in results},
+        "notebook_seconds": round(sum(r.seconds for r in results), 2),
+        "build_seconds": None if build_seconds is None else round(build_seconds, 2),
+        "total_seconds": round(seconds, 2),
+        "html": str(paths.html / "index.html") if build_seconds is not None else None,
+    }
+    paths.build.mkdir(parents=True, exist_ok=True)
+    tmp = paths.report.with_name(paths.report.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, paths.report)
+    return report
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build_html(paths: BookPaths, *, strict: bool = False) -> list[str]:
+    """Run ``jupyter-book build`` on the staged source; return its warning lines.
+
+    The HTML lands in ``<root>/_build/html``. Raises :class:`BookError` when the
+    build fails, when a warning means a broken book, or (``strict``) on any warning.
+    """
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
+        "build",
+        str(paths.src),
+        "--path-output",
+        str(paths.root),
+    ]
+    if strict:
+        cmd += ["-W", "--keep-going"]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    log = _ANSI.sub("", proc.stdout + proc.stderr)
+    (paths.build / "jupyter-book.log").write_text(log, encoding="utf-8")
+    warnings = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
+    for line in warnings:
+        print(f"  {line}", file=sys.stderr)
+    index = paths.html / "index.html"
+    fatal = [line for line in warnings if _FATAL_WARNINGS.search(line)]
+    if proc.returncode != 0 or not index.is_file():
+        tail = "\n".join(log.splitlines()[-30:])
+        raise BookError(
+            f"jupyter-book build failed (exit {proc.returncode}); full log in "
+            f"{paths.build / 'jupyter-book.log'}; its end:\n{tail}"
+        )
+    if fatal:
+        raise BookError(
+            "the book built but is broken:\n  " + "\n  ".join(fatal)
+            + f"\nfix these (full log in {paths.build / 'jupyter-book.log'})"
+        )
+    return warnings
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fer.book",
+        description="Execute the book's notebooks with papermill (cached) and build the HTML.",
+    )
+    parser.add_argument("--profile", choices=PROFILES, default="demo",
+                        help="parameter profile injected into every notebook (default: demo)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder with the real datasets, injected as data_root")
+    parser.add_argument("--only", metavar="GLOB", default=None,
+                        help="execute only notebooks whose path matches, e.g. 'book/manet/*'")
+    parser.add_argument("--force", action="store_true", help="ignore the execution cache")
+    parser.add_argument("--no-build", action="store_true", help="execute, do not build the HTML")
+    parser.add_argument("--strict", action="store_true", help="fail the build on any warning")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="book root holding _toc.yml (default: cwd, else the fer checkout)")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default 1)")
+    parser.add_argument("--package-dir", type=Path, default=None,
+                        help="package whose *.py files enter the cache key (default: fer itself)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 ok, 1 on any failure)."""
+    args = _parser().parse_args(argv)
+    start = time.perf_counter()
+    data_root = None
+    paths: BookPaths | None = None
+    try:
+        if args.data_root is not None:
+            if not args.data_root.is_dir():
+                raise BookError(f"--data-root {args.data_root} is not a directory")
+            data_root = str(args.data_root.resolve())
+        paths = BookPaths(find_root(args.root))
+        pages = read_toc(paths.root)
+        stage_sources(paths, pages)
+        notebooks = [p for p in pages if p.suffix == ".ipynb"]
+        results = run_notebooks(
+            paths, notebooks, args.profile, data_root=data_root, only=args.only,
+            force=args.force, jobs=args.jobs, package_dir=args.package_dir,
+        )
+        write_report(paths, args.profile, data_root, results, time.perf_counter() - start)
+        print(f"notebooks staged in {paths.src} ({time.perf_counter() - start:.1f} s)")
+        if args.no_build:
+            return 0
+        build_start = time.perf_counter()
+        warnings = build_html(paths, strict=args.strict)
+        build_seconds = time.perf_counter() - build_start
+        write_report(paths, args.profile, data_root, results,
+                     time.perf_counter() - start, build_seconds)
+        print(f"book built in {build_seconds:.1f} s with {len(warnings)} warning(s): "
+              f"{paths.html / 'index.html'}")
+        return 0
+    except NotebookFailed as exc:
+        if paths is not None:
+            write_report(paths, args.profile, data_root, exc.results, time.perf_counter() - start)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""SynFER variants: one configuration per dataset it stands in for.
+
+A variant fixes the nuisances (pose range, background, light, occluders, masks,
+degradation, colour), the expression intensities, the class proportions per
+split and the default sizes. Proportions are the real datasets' published counts,
+so the papers' class-weighted losses have the same imbalance to correct.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+__all__ = ["Variant", "VARIANTS", "get_variant", "RAFDB_COUNTS", "FER2013_COUNTS", "AFFECTNET_COUNTS", "CKPLUS_COUNTS"]
+
+#: RAF-DB basic, official partition (Li et al. 2017), canonical names.
+RAFDB_COUNTS = {
+    "train": {"surprise": 1290, "fear": 281, "disgust": 717, "happy": 4772, "sad": 1982, "anger": 705, "neutral": 2524},
+    "test": {"surprise": 329, "fear": 74, "disgust": 160, "happy": 1185, "sad": 478, "anger": 162, "neutral": 680},
+}
+#: FER2013 (Goodfellow et al. 2013): Training, PublicTest (val), PrivateTest (test).
+FER2013_COUNTS = {
+    "train": {"anger": 3995, "disgust": 436, "fear": 4097, "happy": 7215, "neutral": 4965, "sad": 4830, "surprise": 3171},
+    "val": {"anger": 467, "disgust": 56, "fear": 496, "happy": 895, "neutral": 607, "sad": 653, "surprise": 415},
+    "test": {"anger": 491, "disgust": 55, "fear": 528, "happy": 879, "neutral": 626, "sad": 594, "surprise": 416},
+}
+#: AffectNet manually annotated training set, 8 expressions; its validation set has 500 per class.
+AFFECTNET_COUNTS = {
+    "train": {"neutral": 74874, "happy": 134415, "sad": 25459, "surprise": 14090, "fear": 6378, "disgust": 3803,
+              "anger": 24882, "contempt": 3750},
+    "test": {c: 500 for c in ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")},
+}
+#: CK+ labelled sequences (Lucey et al. 2010); each gives its last three frames. Neutral
+#: is not a CK+ label: the first frame of each subject's sequence is often used, one per subject.
+CKPLUS_COUNTS = {
+    "all": {"anger": 45, "contempt": 18, "disgust": 59, "fear": 25, "happy": 69, "sad": 28, "surprise": 83,
+            "neutral": 40},
+}
+_UNIFORM = {c: 1 for c in ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Configuration of a SynFER variant (see :data:`VARIANTS`)."""
+
+    name: str
+    stands_in_for: str
+    image_size: int = 112
+    grayscale: bool = False
+    # Pose (degrees). |yaw| is drawn from a half-normal with `yaw_sigma`, or with
+    # probability `yaw_uniform` uniformly in [0, max_yaw]; clipped to max_yaw.
+    max_yaw: float = 0.0
+    yaw_sigma: float = 0.0
+    yaw_uniform: float = 0.0
+    max_pitch: float = 0.0
+    max_roll: float = 0.0
+    scale: tuple[float, float] = (0.68, 0.72)  # face width / image width
+    shift: float = 0.0  # max centre shift, fraction of image
+    background: str = "plain"  # plain | clutter | mixed
+    light: float = 0.0  # illumination strength 0..1
+    occluder_prob: float = 0.0
+    occluders: tuple[str, ...] = ("hand", "sunglasses", "scarf", "patch")
+    mask_prob: float = 0.0
+    mask_colours: tuple[str, ...] = ("white", "black", "gray")
+    mask_styles: tuple[str, ...] = ("surgical", "cloth")
+    blur: float = 0.0
+    noise: float = 0.0
+    lowres: float = 0.0
+    jpeg: float = 0.0
+    # Expression intensity: Beta(a, b) mapped to [lo, hi].
+    intensity: tuple[float, float, float, float] = (2.0, 1.5, 0.15, 1.0)
+    au_jitter: float = 0.3  # relative spread of each action unit around the intensity
+    au_drop: float = 0.1  # probability of leaving out one prototype AU
+    spontaneous: float = 0.35  # probability of one stray low-intensity AU
+    beard_prob: float = 0.12
+    counts: dict[str, dict[str, int]] = field(default_factory=lambda: RAFDB_COUNTS)
+    default_classes: tuple[str, ...] | None = None  # when num_classes == 7
+    sizes: dict[str, int] = field(default_factory=lambda: {"train": 12271, "test": 3068})
+    # CK-style sequences: frames per sequence and subject pool (None: one image per identity draw).
+    frames: int = 0
+    subjects: int = 0
+    # masked/unmasked binary task (MU-dataset of the masked-FER paper).
+    binary_mask_task: bool = False
+    identities: int = 4000  # identity pool per split
+
+    def counts_for(self, split: str) -> dict[str, int]:
+        """Class counts for a split (test proportions stand in for val when absent)."""
+        if split in self.counts:
+            return self.counts[split]
+        if "all" in self.counts:
+            return self.counts["all"]
+        if split == "val" and "test" in self.counts:
+            return self.counts["test"]
+        return self.counts["train"]
+
+
+_WILD = dict(max_yaw=60.0, yaw_sigma=16.0, yaw_uniform=0.3, max_pitch=12.0, max_roll=18.0, scale=(0.6, 0.8),
+             shift=0.06, background="mixed", light=0.8, occluder_prob=0.12, blur=1.3, noise=10.0, lowres=0.2,
+             jpeg=0.3)
+
+VARIANTS: dict[str, Variant] = {
+    "clean": Variant("clean", "a frontal, plain-background lab set (upper bound)", counts=RAFDB_COUNTS,
+                     intensity=(2.5, 1.2, 0.35, 1.0), au_jitter=0.2, spontaneous=0.15, beard_prob=0.0),
+    "wild": Variant("wild", "RAF-DB (basic, 7 classes)", **_WILD),
+    "fer2013": Variant("fer2013", "FER2013 (48x48 grayscale, Kaggle)", image_size=48, grayscale=True,
+                       counts=FER2013_COUNTS, sizes={"train": 28709, "val": 3589, "test": 3589},
+                       **{**_WILD, "scale": (0.7, 0.9), "occluder_prob": 0.15, "lowres": 0.1}),
+    "affectnet": Variant("affectnet", "AffectNet (manually annotated, 7 or 8 classes)", counts=AFFECTNET_COUNTS,
+                         sizes={"train": 20000, "test": 4000},
+                         **{**_WILD, "occluder_prob": 0.15, "intensity": (1.6, 1.6, 0.1, 1.0)}),
+    "ck": Variant("ck", "CK+ (posed, frontal, grayscale; last three frames of each sequence)", grayscale=True,
+                  max_yaw=4.0, yaw_sigma=2.0, max_roll=4.0, scale=(0.66, 0.7), intensity=(4.0, 1.0, 0.7, 1.0),
+                  au_jitter=0.12, spontaneous=0.05, counts=CKPLUS_COUNTS,
+                  default_classes=("happy", "sad", "surprise", "fear", "disgust", "anger", "contempt"),
+                  sizes={"all": 981}, frames=3, subjects=118, beard_prob=0.1),
+    "occluded": Variant("occluded", "FED-RO (real occlusions, test only)", counts={"test": _UNIFORM},
+                        sizes={"test": 400}, **{**_WILD, "occluder_prob": 1.0}),
+    "masked": Variant("masked", "RAF-DB with pasted face masks (masked-FER paper, M-FER set)",
+                      **{**_WILD, "mask_prob": 1.0, "occluder_prob": 0.0, "max_yaw": 30.0},
+                      ),
+    "masked_unmasked": Variant("masked_unmasked", "masked/unmasked binary set (masked-FER paper, MU set)",
+                               binary_mask_task=True, sizes={"train": 500, "test": 100},
+                               **{**_WILD, "mask_prob": 0.5, "occluder_prob": 0.0, "max_yaw": 30.0}),
+}
+
+
+def get_variant(name: str, **overrides) -> Variant:
+    """Look up a variant by name, optionally overriding fields (``max_yaw=30`` ...)."""
+    try:
+        v = VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown SynFER variant {name!r}; choose from {sorted(VARIANTS)}") from None
+    bad = [k for k in overrides if k not in Variant.__dataclass_fields__]
+    if bad:
+        raise TypeError(f"SynFER variant has no field(s) {bad}; fields: {sorted(Variant.__dataclass_fields__)}")
+    return replace(v, **overrides) if overrides else v

@@ -1,0 +1,284 @@
+"""Tests of the book runner ``fer.book`` on tiny books written in a temporary folder.
+
+They run offline on CPU: each notebook execution is a kernel start plus a print.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+import yaml
+
+from fer import REPO_ROOT
+from fer import book
+
+CONFIG = {
+    "title": "Tiny book",
+    "only_build_toc_files": True,
+    "execute": {"execute_notebooks": "off"},
+}
+
+
+def _notebook(path: Path, code: str, *, parameters: str | None, title: str) -> None:
+    """Write a notebook: a title, an optional ``parameters`` cell, then ``code``."""
+    cells = [nbformat.v4.new_markdown_cell(f"# {title}")]
+    if parameters is not None:
+        cell = nbformat.v4.new_code_cell(parameters)
+        cell.metadata["tags"] = ["parameters"]
+        cells.append(cell)
+    cells.append(nbformat.v4.new_code_cell(code))
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+PARAMS = 'profile = "smoke"\ndata_root = None\nknob = 1\n'
+PRINT_KNOB = (
+    "import os\n"
+    "print(f'knob={knob} profile={profile} data_root={data_root}')\n"
+    "print('env', os.environ['FER_PROFILE'], os.environ['PYTHONHASHSEED'], os.environ['MPLBACKEND'])\n"
+    "print('cwd', os.getcwd())\n"
+)
+
+
+@pytest.fixture
+def tiny_book(tmp_path: Path) -> Path:
+    """A book with an intro page and two notebooks, plus a fake package for the cache key."""
+    root = tmp_path / "repo"
+    (root / "book" / "part").mkdir(parents=True)
+    (root / "_config.yml").write_text(yaml.safe_dump(CONFIG))
+    toc = {
+        "format": "jb-book",
+        "root": "book/intro",
+        "parts": [{"caption": "Part", "chapters": [{"file": "book/part/a"}, {"file": "book/part/b"}]}],
+    }
+    (root / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    (root / "book" / "intro.md").write_text("# Intro\n\nA tiny book.\n")
+    _notebook(root / "book/part/a.ipynb", PRINT_KNOB, parameters=PARAMS, title="A")
+    _notebook(root / "book/part/b.ipynb", PRINT_KNOB, parameters=PARAMS, title="B")
+    profiles = {
+        "book/part/a.ipynb": {"demo": {"knob": 5}, "paper": {"knob": 50}},
+        "book/part/b.ipynb": {"demo": {}, "paper": {}},
+    }
+    (root / "book" / "profiles.yml").write_text(yaml.safe_dump(profiles))
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "mod.py").write_text("X = 1\n")
+    return root
+
+
+def _run(root: Path, *args: str) -> int:
+    return book.main(["--root", str(root), "--package-dir", str(root.parent / "pkg"), *args])
+
+
+def _report(root: Path) -> dict[str, Any]:
+    return json.loads((root / "_build" / "book-report.json").read_text())
+
+
+def _stdout_of(root: Path, rel: str) -> str:
+    """All stream output of the executed notebook ``rel`` in the staged source."""
+    nb = nbformat.read(root / "_build" / "src" / rel, as_version=4)
+    return "".join(
+        out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+    )
+
+
+def test_parameters_are_injected(tiny_book: Path) -> None:
+    data = tiny_book.parent / "data"
+    data.mkdir()
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--data-root", str(data)) == 0
+    out_a = _stdout_of(tiny_book, "book/part/a.ipynb")
+    assert f"knob=5 profile=demo data_root={data.resolve()}" in out_a
+    assert "env demo 0 module://matplotlib_inline.backend_inline" in out_a
+    assert f"cwd {(tiny_book / '_build/src/book/part').resolve()}" in out_a
+    assert f"knob=1 profile=demo data_root={data.resolve()}" in _stdout_of(tiny_book, "book/part/b.ipynb")
+    nb = nbformat.read(tiny_book / "_build/src/book/part/a.ipynb", as_version=4)
+    tags = [cell.metadata.get("tags", []) for cell in nb.cells]
+    assert tags.index(["injected-parameters"]) == tags.index(["parameters"]) + 1
+    report = _report(tiny_book)
+    assert report["profile"] == "demo"
+    assert list(report["notebooks"]) == ["book/part/a.ipynb", "book/part/b.ipynb"]
+    assert report["notebooks"]["book/part/a.ipynb"]["parameters"] == {
+        "profile": "demo", "knob": 5, "data_root": str(data.resolve())
+    }
+    assert report["notebooks"]["book/part/a.ipynb"]["cached"] is False
+    assert report["notebooks"]["book/part/a.ipynb"]["seconds"] > 0
+    # the staged source has the pages and config, not the profiles' raw notebooks only
+    assert (tiny_book / "_build/src/book/intro.md").is_file()
+    assert (tiny_book / "_build/src/_toc.yml").is_file()
+
+
+def test_smoke_profile_keeps_notebook_defaults(tiny_book: Path) -> None:
+    assert _run(tiny_book, "--profile", "smoke", "--no-build") == 0
+    assert "knob=1 profile=smoke data_root=None" in _stdout_of(tiny_book, "book/part/a.ipynb")
+    assert _report(tiny_book)["notebooks"]["book/part/a.ipynb"]["parameters"] == {"profile": "smoke"}
+
+
+def test_second_run_is_cached_and_edits_invalidate_only_their_notebook(
+    tiny_book: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--jobs", "2") == 0
+    staged_a = tiny_book / "_build/src/book/part/a.ipynb"
+    mtime_a = staged_a.stat().st_mtime_ns
+    capsys.readouterr()
+
+    start = time.perf_counter()
+    assert _run(tiny_book, "--profile", "demo", "--no-build") == 0
+    elapsed = time.perf_counter() - start
+    assert elapsed < 2.0, f"a fully cached run took {elapsed:.2f} s"
+    report = _report(tiny_book)
+    assert all(e["cached"] and e["status"] == "cached" for e in report["notebooks"].values())
+    assert all(e["seconds"] == 0 for e in report["notebooks"].values())
+    assert "book/part/a.ipynb: cached" in capsys.readouterr().err
+    assert staged_a.stat().st_mtime_ns == mtime_a  # untouched: Sphinx need not reread it
+    assert "knob=5" in _stdout_of(tiny_book, "book/part/a.ipynb")
+
+    nb_b = tiny_book / "book/part/b.ipynb"
+    nb_b.write_text(nb_b.read_text().replace("knob=", "KNOB="))
+    assert _run(tiny_book, "--profile", "demo", "--no-build") == 0
+    status = {k: v["status"] for k, v in _report(tiny_book)["notebooks"].items()}
+    assert status == {"book/part/a.ipynb": "cached", "book/part/b.ipynb": "executed"}
+    assert "KNOB=1" in _stdout_of(tiny_book, "book/part/b.ipynb")
+
+    # another profile is another cache entry; the package source and --force invalidate all
+    assert _run(tiny_book, "--profile", "paper", "--no-build") == 0
+    assert {v["status"] for v in _report(tiny_book)["notebooks"].values()} == {"executed"}
+    assert "knob=50 profile=paper" in _stdout_of(tiny_book, "book/part/a.ipynb")
+    (tiny_book.parent / "pkg" / "mod.py").write_text("X = 2\n")
+    assert _run(tiny_book, "--profile", "demo", "--no-build") == 0
+    assert {v["status"] for v in _report(tiny_book)["notebooks"].values()} == {"executed"}
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--force") == 0
+    assert {v["status"] for v in _report(tiny_book)["notebooks"].values()} == {"executed"}
+
+
+def test_only_runs_matching_notebooks(tiny_book: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "book/part/b*") == 0
+    status = {k: v["status"] for k, v in _report(tiny_book)["notebooks"].items()}
+    assert status == {"book/part/a.ipynb": "skipped", "book/part/b.ipynb": "executed"}
+    assert _stdout_of(tiny_book, "book/part/a.ipynb") == ""  # staged unexecuted
+    capsys.readouterr()
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "nothing") == 1
+    err = capsys.readouterr().err
+    assert "--only 'nothing' matches no notebook" in err and "book/part/a.ipynb" in err
+
+
+def test_failing_notebook_stops_with_its_name(
+    tiny_book: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _notebook(
+        tiny_book / "book/part/a.ipynb",
+        "raise ValueError('boom from a')",
+        parameters=PARAMS,
+        title="A",
+    )
+    assert _run(tiny_book, "--profile", "demo") == 1
+    err = capsys.readouterr().err
+    assert "book/part/a.ipynb failed in cell" in err
+    assert "ValueError: boom from a" in err
+    partial = tiny_book / "_build/src/book/part/a.ipynb"
+    assert f"partially executed notebook: {partial}" in err
+    assert "boom from a" in partial.read_text()
+    report = _report(tiny_book)
+    assert report["notebooks"]["book/part/a.ipynb"]["status"] == "failed"
+    assert "book/part/b.ipynb" not in report["notebooks"]  # stopped at the failure
+    assert not (tiny_book / "_build/html").exists()
+    # failures are not cached: the next run executes (and fails) again
+    assert _run(tiny_book, "--profile", "demo", "--no-build") == 1
+    assert "boom from a" in capsys.readouterr().err
+
+
+def test_notebook_without_parameters_cell_is_refused(
+    tiny_book: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _notebook(tiny_book / "book/part/b.ipynb", "print(1)", parameters=None, title="B")
+    assert _run(tiny_book, "--profile", "demo", "--no-build") == 1
+    err = capsys.readouterr().err
+    assert "book/part/b.ipynb" in err and "no cell tagged 'parameters'" in err
+    assert not (tiny_book / "_build/cache").exists()  # refused before running anything
+
+
+@pytest.mark.parametrize(
+    ("parameters", "profiles_entry", "message"),
+    [
+        ("profile = 'smoke'\nknob = 1\n", {"demo": {}}, "does not define data_root"),
+        (PARAMS, {"demo": {"knobb": 2}}, "injects knobb"),
+        (PARAMS, None, "has no 'demo' entry for book/part/b.ipynb"),
+        (PARAMS, {"smoke": {"knob": 2}, "demo": {}}, "only ['demo', 'paper'] belong there"),
+    ],
+)
+def test_bad_parameters_are_refused(
+    tiny_book: Path,
+    capsys: pytest.CaptureFixture[str],
+    parameters: str,
+    profiles_entry: dict[str, Any] | None,
+    message: str,
+) -> None:
+    _notebook(tiny_book / "book/part/b.ipynb", "print(knob)", parameters=parameters, title="B")
+    profiles_path = tiny_book / "book/profiles.yml"
+    profiles = yaml.safe_load(profiles_path.read_text())
+    if profiles_entry is None:
+        del profiles["book/part/b.ipynb"]
+    else:
+        profiles["book/part/b.ipynb"] = profiles_entry
+    profiles_path.write_text(yaml.safe_dump(profiles))
+    assert _run(tiny_book, "--profile", "demo", "--no-build") == 1
+    err = capsys.readouterr().err
+    assert message in err and "book/part/b.ipynb" in err
+
+
+def test_missing_toc_entry_is_an_error(tiny_book: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tiny_book / "book/part/b.ipynb").unlink()
+    assert _run(tiny_book, "--profile", "smoke", "--no-build") == 1
+    err = capsys.readouterr().err
+    assert "_toc.yml lists 'book/part/b'" in err and "remove the entry" in err
+
+
+def test_full_build_writes_index_html(tiny_book: Path) -> None:
+    assert _run(tiny_book, "--profile", "demo") == 0
+    html = tiny_book / "_build" / "html"
+    assert (html / "index.html").is_file()
+    page = (html / "book/part/a.html").read_text()
+    assert "knob=5 profile=demo" in page
+    report = _report(tiny_book)
+    assert report["build_seconds"] > 0 and report["html"] == str(html / "index.html")
+
+
+def test_repository_book_sources_build(tmp_path: Path) -> None:
+    """The repository's _config.yml, _toc.yml, pages and references.bib build.
+
+    Notebooks are replaced by stubs holding only their markdown cells (so their
+    labels exist) and a ``parameters`` cell: this catches broken toc entries, unknown
+    citation keys and config errors without executing the chapters (nbval does that).
+    """
+    root = tmp_path / "repo"
+    shutil.copytree(
+        REPO_ROOT / "book", root / "book", ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints")
+    )
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO_ROOT / name, root / name)
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    stubs = {}
+    for kind, entry in book.toc_entries(toc):
+        if kind != "file" or any((root / entry).with_suffix(s).is_file() for s in (".md", ".rst")):
+            continue
+        stub = root / f"{entry}.ipynb"
+        _notebook(stub, "print('stub')", parameters=PARAMS, title=entry)
+        real = (REPO_ROOT / entry).with_suffix(".ipynb")
+        if real.is_file():
+            nb = nbformat.read(stub, as_version=4)
+            markdown = [c for c in nbformat.read(real, as_version=4).cells if c.cell_type == "markdown"]
+            nb.cells = markdown + nb.cells[1:]
+            nbformat.write(nb, stub)
+        stubs[f"{entry}.ipynb"] = {"demo": {}}
+    (root / "book/profiles.yml").write_text(yaml.safe_dump(stubs))
+    assert book.main(["--root", str(root), "--profile", "demo"]) == 0
+    intro = (root / "_build/html/book/intro.html").read_text()
+    assert "Attention for Facial Expression Recognition" in intro
+    for author in ("Ghimire", "Gan", "Ju", "Ghadai", "Hayashi", "Woo", "Fukui", "Sagonas"):
+        assert author in intro

@@ -1,0 +1,238 @@
+"""SynFER: API, determinism, landmark exactness, variants, relevance maps, errors."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from fer.data import CLASSES, SynFER
+from fer.data.synfer import VARIANTS
+from fer.data.synfer.variants import RAFDB_COUNTS
+
+
+def test_canonical_classes():
+    assert CLASSES == ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+
+
+def test_item_structure():
+    ds = SynFER("wild", "train", n=8, seed=3)
+    item = ds[0]
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 112, 112)
+    assert isinstance(item["label"], int) and 0 <= item["label"] < 7
+    assert item["landmarks"].dtype == torch.float32 and item["landmarks"].shape == (68, 2)
+    assert item["relevance"].shape == (112, 112) and float(item["relevance"].max()) == pytest.approx(1.0)
+    for key in ("identity", "yaw", "roll", "scale", "intensity", "occluder", "face_mask"):
+        assert key in item["meta"]
+    assert ds.targets[0] == item["label"]
+    assert ds.classes == CLASSES[:7]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_renders(variant):
+    ds = SynFER(variant, "test", n=6, seed=1)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["image"].shape == (3, ds.image_size, ds.image_size)
+        assert item["label"] == ds.targets[i]
+        lm = item["landmarks"].numpy()
+        assert np.isfinite(lm).all()
+        assert abs(item["meta"]["yaw"]) <= ds.variant.max_yaw + 1e-9
+
+
+def test_determinism_byte_identical_and_seeds_differ():
+    a = SynFER("wild", "train", n=20, seed=5)
+    b = SynFER("wild", "train", n=20, seed=5)
+    for i in (0, 7, 19):
+        assert torch.equal(a[i]["image"], b[i]["image"])
+        assert torch.equal(a[i]["landmarks"], b[i]["landmarks"])
+    c = SynFER("wild", "train", n=20, seed=6)
+    assert not torch.equal(a[0]["image"], c[0]["image"])
+    d = SynFER("wild", "test", n=20, seed=5)
+    assert not torch.equal(a[0]["image"], d[0]["image"])
+
+
+def test_sample_is_a_pure_function_of_its_index():
+    small = SynFER("wild", "train", n=10, seed=2)
+    big = SynFER("wild", "train", n=500, seed=2)
+    _ = big[400]  # access order must not matter
+    assert torch.equal(small[9]["image"], big[9]["image"])
+    assert small.targets == big.targets[:10]
+
+
+def test_loader_workers_give_the_same_samples():
+    ds = SynFER("clean", "train", n=12, seed=4, image_size=48)
+    loader = DataLoader(ds, batch_size=4, num_workers=2)
+    batches = list(loader)
+    images = torch.cat([b["image"] for b in batches])
+    direct = torch.stack([ds[i]["image"] for i in range(12)])
+    assert torch.equal(images, direct)
+    assert batches[0]["meta"]["occluder"] == ["none"] * 4
+
+
+def test_targets_follow_rafdb_proportions():
+    ds = SynFER("wild", "train", n=20000)
+    counts = np.bincount(ds.targets, minlength=7) / 20000
+    raf = RAFDB_COUNTS["train"]
+    expect = np.array([raf[c] for c in CLASSES[:7]], dtype=float)
+    expect /= expect.sum()
+    np.testing.assert_allclose(counts, expect, atol=0.012)
+    uni = SynFER("wild", "train", n=20000, class_balance="uniform")
+    assert np.bincount(uni.targets).min() > 20000 / 7 * 0.9
+
+
+def _polygon_mask(points: np.ndarray, size: int, erode: int = 0) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(m, [np.round(points * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    if erode:
+        m = cv2.erode(m, np.ones((3, 3), np.uint8), iterations=erode)
+    return m.astype(bool)
+
+
+def _ring(points: np.ndarray, size: int, inner: int, outer: int) -> np.ndarray:
+    m = _polygon_mask(points, size)
+    k = np.ones((3, 3), np.uint8)
+    a = cv2.dilate(m.astype(np.uint8), k, iterations=outer).astype(bool)
+    b = cv2.dilate(m.astype(np.uint8), k, iterations=inner).astype(bool)
+    return a & ~b
+
+
+def _landmark_agreement(ds: SynFER, i: int, shift: float = 0.0) -> dict[str, float]:
+    item = ds[i]
+    img = item["image"].permute(1, 2, 0).numpy().astype(float)
+    lm = item["landmarks"].numpy().astype(float) + shift
+    ident = ds.identity(i)
+    skin, lips = np.array(ident.skin), np.array(ident.lips)
+    size = ds.image_size
+    d_skin = np.linalg.norm(img - skin, axis=2)
+    d_lips = np.linalg.norm(img - lips, axis=2)
+    out = {}
+    eyes = _polygon_mask(lm[36:42], size, erode=1) | _polygon_mask(lm[42:48], size, erode=1)
+    out["eyes_not_skin"] = float((d_skin[eyes] > 40).mean())
+    lip_band = _polygon_mask(lm[48:60], size, erode=1) & ~_polygon_mask(lm[60:68], size)
+    lip_band &= ~cv2.dilate(_polygon_mask(lm[60:68], size).astype(np.uint8), np.ones((3, 3), np.uint8),
+                            iterations=2).astype(bool)
+    out["lips_are_lips"] = float((d_lips[lip_band] < d_skin[lip_band]).mean())
+    ring = _ring(lm[48:60], size, 3, 5)
+    out["around_mouth_is_skin"] = float((d_skin[ring] < d_lips[ring]).mean())
+    return out
+
+
+def test_landmarks_coincide_with_the_drawing():
+    ds = SynFER("clean", "train", n=12, seed=11, image_size=224, beard_prob=0.0, spontaneous=0.0)
+    for i in range(len(ds)):
+        good = _landmark_agreement(ds, i)
+        assert good["eyes_not_skin"] > 0.9, (i, good)
+        assert good["lips_are_lips"] > 0.9, (i, good)
+        assert good["around_mouth_is_skin"] > 0.75, (i, good)
+        # The same check on landmarks moved by 6 px fails: the test can tell.
+        bad = _landmark_agreement(ds, i, shift=6.0)
+        assert bad["lips_are_lips"] < good["lips_are_lips"] - 0.3 or bad["eyes_not_skin"] < 0.6, (i, bad)
+
+
+def test_landmarks_inside_the_image_for_clean_faces():
+    ds = SynFER("clean", "test", n=30, seed=0)
+    lm = torch.stack([ds[i]["landmarks"] for i in range(30)])
+    assert lm.min() >= 0 and lm.max() <= 111
+
+
+def test_grayscale_fer2013_is_48px_with_equal_channels():
+    ds = SynFER("fer2013", "train", n=4)
+    img = ds[0]["image"]
+    assert img.shape == (3, 48, 48)
+    assert torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])
+    assert ds[0]["landmarks"].max() < 48
+
+
+def test_ck_has_subject_ids_and_sequences():
+    ds = SynFER("ck", "all", n=60)
+    assert ds.classes == ("happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+    assert len(ds) == 60 and SynFER("ck", "all").n == 981
+    ids = ds.identities()
+    for seq in range(20):
+        frames = range(3 * seq, 3 * seq + 3)
+        assert len({ids[f] for f in frames}) == 1
+        assert len({ds.targets[f] for f in frames}) == 1
+        inten = [ds.describe(f)["intensity"] for f in frames]
+        assert inten[0] < inten[1] < inten[2]
+    assert len(set(ids.tolist())) > 10
+    eight = SynFER("ck", "all", n=10, num_classes=8)
+    assert eight.classes == CLASSES
+
+
+def test_masked_unmasked_labels_match_the_mask():
+    ds = SynFER("masked_unmasked", "train", n=40)
+    assert ds.classes == ("unmasked", "masked")
+    for i in range(40):
+        meta = ds.describe(i)
+        assert (meta["face_mask"] != "none") == bool(ds.targets[i])
+    assert 5 < sum(ds.targets) < 35
+
+
+def test_subset_classes_keep_canonical_order():
+    ds = SynFER("masked", "train", n=50, classes=("surprise", "anger", "happy", "neutral"))
+    assert ds.classes == ("neutral", "happy", "surprise", "anger")
+    for i in range(50):
+        assert ds.classes[ds.targets[i]] == ds.describe(i)["expression"]
+
+
+def test_occluders_and_masks_are_recorded_and_mapped():
+    occ = SynFER("occluded", "test", n=20)
+    for i in range(5):
+        assert occ.describe(i)["occluder"] in ("hand", "sunglasses", "scarf", "patch")
+        assert occ.regions(i)["occluder"].sum() > 20
+    masked = SynFER("masked", "test", n=5)
+    r = masked.regions(0)
+    assert masked.describe(0)["face_mask"] != "none"
+    # A face mask covers the mouth region, not the eyes.
+    assert (r["face_mask"] * r["mouth"]).sum() / r["mouth"].sum() > 0.9
+    assert (r["face_mask"] * r["eyes"]).sum() / r["eyes"].sum() < 0.1
+
+
+def test_relevance_follows_the_expression():
+    ds = SynFER("clean", "test", n=400, num_classes=8, class_balance="uniform")
+    found = {}
+    for i in range(400):
+        e = ds.describe(i)["expression"]
+        if e in ("happy", "surprise", "disgust") and e not in found:
+            found[e] = ds.regions(i)
+    happy, surprise, disgust = found["happy"], found["surprise"], found["disgust"]
+
+    def inside(r, name):
+        return float((r["relevance"] * r[name]).sum() / r[name].sum())
+
+    assert inside(happy, "mouth") > 0.8 and inside(happy, "brows") < 0.3
+    assert inside(surprise, "brows") > 0.8 and inside(surprise, "mouth") > 0.8
+    assert inside(disgust, "nose") > 0.7
+
+
+def test_wild_pose_covers_the_papers_pose_subsets():
+    ds = SynFER("wild", "test", n=2000)
+    yaw = np.abs([ds.describe(i)["yaw"] for i in range(2000)])
+    assert (yaw >= 30).mean() > 0.1 and (yaw >= 45).mean() > 0.04
+    assert yaw.max() <= 60
+    clean = SynFER("clean", "test", n=50)
+    assert max(abs(clean.describe(i)["yaw"]) for i in range(50)) == 0
+
+
+def test_fingerprint():
+    a, b = SynFER("wild", n=10), SynFER("wild", n=10)
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != SynFER("wild", n=10, seed=1).fingerprint()
+    assert a.fingerprint() != SynFER("wild", n=10, max_yaw=20).fingerprint()
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="unknown SynFER variant 'raf'.*choose from"):
+        SynFER("raf")
+    with pytest.raises(ValueError, match="unknown split"):
+        SynFER("wild", "validation")
+    with pytest.raises(ValueError, match="unknown expression class"):
+        SynFER("wild", classes=("happy", "joy"))
+    with pytest.raises(TypeError, match="no field"):
+        SynFER("wild", max_jaw=3)
+    with pytest.raises(ValueError, match="class_balance needs 7"):
+        SynFER("wild", class_balance=[1, 2])
+    with pytest.raises(IndexError):
+        SynFER("wild", n=3)[3]
