@@ -20,7 +20,8 @@ What happens, in order:
 4. Each notebook runs with papermill into ``_build/src/<same path>``. The kernel's
    working directory is the *staged* notebook's folder; notebooks find the repository
    through ``fer.REPO_ROOT``, never through relative paths. The kernel sees
-   ``FER_PROFILE=<profile>``, ``PYTHONHASHSEED=0`` and the headless matplotlib inline
+   ``FER_PROFILE=<profile>``, ``PYTHONHASHSEED=0``, ``TQDM_DISABLE=1`` (progress bars
+   would end up in the pages) and the headless matplotlib inline
    backend (``MPLBACKEND=module://matplotlib_inline.backend_inline``; plain ``Agg``
    would drop every figure from the pages).
 5. Executions are cached under ``_build/cache/<profile>/``. The key hashes the notebook
@@ -95,6 +96,9 @@ _PROFILES_FILE = Path("book") / "profiles.yml"
 _KERNEL_ENV: dict[str, str] = {
     "MPLBACKEND": "module://matplotlib_inline.backend_inline",
     "PYTHONHASHSEED": "0",
+    # tqdm bars would land in the pages as dozens of text lines; papermill shows
+    # per-cell progress in the terminal instead.
+    "TQDM_DISABLE": "1",
     # Use this environment's ``python3`` kernel even if the user has their own.
     "JUPYTER_PREFER_ENV_PATH": "1",
 }

@@ -9,7 +9,8 @@ from .face import ACTION_UNITS, PROTOTYPES
 from .nuisances import FACE_MASK_COLOURS, OCCLUDERS
 from .regions import AU_REGIONS, REGIONS, class_regions
 from .render import FACE_MASK_STYLES
-from .variants import VARIANTS, Variant, get_variant
+from .speed import throughput
+from .variants import VARIANTS, Variant, describe_variants, get_variant
 
 __all__ = [
     "SynFER",
@@ -19,6 +20,8 @@ __all__ = [
     "VARIANTS",
     "Variant",
     "get_variant",
+    "describe_variants",
+    "throughput",
     "ACTION_UNITS",
     "PROTOTYPES",
     "OCCLUDERS",

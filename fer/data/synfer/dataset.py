@@ -315,7 +315,7 @@ class SynFER(Dataset):
         shape = apply_action_units(neutral_shape(identity), sp.aus, side=sp.side,
                                    unilateral=UNILATERAL.get(sp.expression, ()))
         pose = Pose(yaw=sp.yaw, pitch=sp.pitch, roll=sp.roll, scale=sp.scale * size,
-                    cx=sp.cx * size, cy=sp.cy * size - 0.22 * sp.scale * size)
+                    cx=sp.cx * size, cy=sp.cy * size - 0.33 * sp.scale * size)
         geo = build_geometry(identity, shape, pose)
         img = background(rng, size, sp.background)
         draw_head(img, geo, identity, sp.aus, side=sp.side, gaze=sp.gaze, light=float(np.cos(sp.light_angle)),

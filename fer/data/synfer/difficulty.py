@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-__all__ = ["SmallCNN", "materialize", "train_probe", "ProbeResult", "difficulty_table"]
+__all__ = ["SmallCNN", "materialize", "fit_probe", "evaluate_probe", "ProbeResult", "difficulty_table"]
 
 
 class SmallCNN(nn.Module):
@@ -60,97 +60,100 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ProbeResult:
-    """Outcome of one probe run."""
+    """Scores of a probe on one test set."""
 
     accuracy: float
     mean_class_accuracy: float
     confusion: np.ndarray
-    train_seconds: float
-    history: list[float]
 
 
-def train_probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor], *,
-                num_classes: int, epochs: int = 5, batch_size: int = 64, lr: float = 3e-3, width: int = 16,
-                seed: int = 0, progress: bool = True, desc: str = "probe") -> ProbeResult:
-    """Train :class:`SmallCNN` on ``train`` (images, labels) and score it on ``test``.
+def fit_probe(train: tuple[torch.Tensor, torch.Tensor], *, num_classes: int, epochs: int = 5,
+              batch_size: int = 64, lr: float = 3e-3, width: int = 16, seed: int = 0, progress: bool = True,
+              desc: str = "probe", device: str | torch.device | None = None) -> tuple[SmallCNN, float]:
+    """Train :class:`SmallCNN` on (images, labels); returns the model and the seconds it took.
 
-    Augmentation is a random horizontal flip. Deterministic for a given seed on CPU.
+    Adam with a one-cycle schedule, random horizontal flips; deterministic for a
+    given seed on CPU. ``device`` defaults to CUDA when available.
     """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = SmallCNN(num_classes, in_chans=train[0].shape[1], width=width)
+    model = SmallCNN(num_classes, in_chans=train[0].shape[1], width=width).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     x_tr, y_tr = train
     n = len(y_tr)
     steps = epochs * ((n + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
-    history = []
     t0 = time.perf_counter()
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    model.train()
     for _ in range(epochs):
-        model.train()
         perm = torch.randperm(n, generator=g)
-        total = 0.0
         for k in range(0, n, batch_size):
             idx = perm[k:k + batch_size]
             x = _normalise(x_tr[idx])
             flip = torch.rand(len(idx), generator=g) < 0.5
             x[flip] = x[flip].flip(-1)
-            loss = F.cross_entropy(model(x), y_tr[idx])
+            loss = F.cross_entropy(model(x.to(device)), y_tr[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
             bar.update(1)
-        history.append(total / n)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
-    seconds = time.perf_counter() - t0
     model.eval()
-    preds = []
-    with torch.no_grad():
-        for k in range(0, len(test[1]), 256):
-            preds.append(model(_normalise(test[0][k:k + 256])).argmax(1))
-    pred = torch.cat(preds).numpy()
+    return model, time.perf_counter() - t0
+
+
+@torch.no_grad()
+def evaluate_probe(model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], num_classes: int) -> ProbeResult:
+    """Accuracy, mean per-class accuracy and confusion matrix (rows: true class)."""
+    model.eval()
+    device = next(model.parameters()).device
+    pred = torch.cat([model(_normalise(test[0][k:k + 256]).to(device)).argmax(1).cpu()
+                      for k in range(0, len(test[1]), 256)]).numpy()
     true = test[1].numpy()
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(conf, (true, pred), 1)
     per_class = conf.diagonal() / np.maximum(conf.sum(1), 1)
     present = conf.sum(1) > 0
-    return ProbeResult(float((pred == true).mean()), float(per_class[present].mean()), conf, seconds, history)
+    return ProbeResult(float((pred == true).mean()), float(per_class[present].mean()), conf)
 
 
-def difficulty_table(rows: Sequence[tuple[str, str, str]], *, n_train: int, n_test: int, image_size: int,
+def difficulty_table(settings: dict[str, Sequence[str]], *, n_train: int, n_test: int, image_size: int,
                      epochs: int, seed: int = 0, num_workers: int = 0, progress: bool = True, **probe_kw):
-    """Train a probe per (label, train variant, test variant) and tabulate accuracies.
+    """Train one probe per training variant and score it on each listed test variant.
 
-    Test sets are class-balanced, so that chance is 1 / num_classes and accuracy
-    differences reflect difficulty rather than the class prior; training sets use
-    each variant's dataset proportions. Returns a pandas DataFrame.
+    ``settings`` maps a training variant to the variants it is tested on, e.g.
+    ``{"clean": ["clean"], "wild": ["wild", "occluded"]}`` (the last is the
+    FED-RO protocol: train in the wild, test on occluded faces). Training and
+    test sets are class-balanced, so chance is 1 / num_classes and the numbers
+    measure how hard the faces are, not how skewed the classes. Returns a pandas
+    DataFrame with one row per (train, test) pair.
     """
     import pandas as pd
 
     from .dataset import SynFER
 
-    cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    def render(variant: str, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = SynFER(variant, split, n=n, seed=seed, image_size=image_size, class_balance="uniform",
+                    with_relevance=False)
+        return materialize(ds, num_workers=num_workers, progress=progress, desc=f"render {variant}/{split}")
 
-    def get(variant: str, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (variant, split)
-        if key not in cache:
-            balance = "uniform" if split == "test" else "dataset"
-            ds = SynFER(variant, split, n=n, seed=seed, image_size=image_size, class_balance=balance,
-                        with_relevance=False)
-            cache[key] = materialize(ds, num_workers=num_workers, progress=progress, desc=f"render {variant}/{split}")
-        return cache[key]
-
+    tests: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     records = []
-    for label, tr, te in rows:
-        train = get(tr, "train", n_train)
-        test = get(te, "test", n_test)
-        num_classes = int(max(train[1].max(), test[1].max()) + 1)
-        res = train_probe(train, test, num_classes=num_classes, epochs=epochs, seed=seed, progress=progress,
-                          desc=f"probe {label}", **probe_kw)
-        records.append({"setting": label, "train": tr, "test": te, "accuracy": res.accuracy,
-                        "mean class accuracy": res.mean_class_accuracy, "chance": 1.0 / num_classes,
-                        "train seconds": res.train_seconds})
+    for tr, test_variants in settings.items():
+        train = render(tr, "train", n_train)
+        num_classes = int(train[1].max() + 1)
+        model, seconds = fit_probe(train, num_classes=num_classes, epochs=epochs, seed=seed, progress=progress,
+                                   desc=f"probe {tr}", **probe_kw)
+        for te in test_variants:
+            if te not in tests:
+                tests[te] = render(te, "test", n_test)
+            res = evaluate_probe(model, tests[te], num_classes)
+            records.append({"train": tr, "test": te, "accuracy": res.accuracy,
+                            "mean class accuracy": res.mean_class_accuracy, "chance": 1.0 / num_classes,
+                            "train images": len(train[1]), "test images": len(tests[te][1]),
+                            "train seconds": seconds})
     return pd.DataFrame.from_records(records)

@@ -304,7 +304,7 @@ def face_mask_polygon(geo: FaceGeometry, style: str) -> tuple[np.ndarray, list[n
     if style not in FACE_MASK_STYLES:
         raise ValueError(f"unknown face-mask style {style!r}; choose from {FACE_MASK_STYLES}")
     sh = geo.shape3d
-    y_bridge = sh[28, 1] + (0.0 if style == "surgical" else -0.02)
+    y_bridge = sh[28, 1] + (0.01 if style == "surgical" else 0.0)
     lift = 0.035
     jaw = sh[JAW].copy()
     jaw[:, 2] += lift
@@ -316,8 +316,8 @@ def face_mask_polygon(geo: FaceGeometry, style: str) -> tuple[np.ndarray, list[n
     if style == "surgical":
         top_y = y_bridge + 0.1 * (1 - prof) - 0.02 * prof
     else:
-        top_y = y_bridge + 0.16 * (1 - np.sqrt(np.clip(prof, 0, 1))) - 0.03
-    top_z = 0.1 + 0.68 * np.clip(prof, 0, 1) + lift
+        top_y = y_bridge + 0.16 * (1 - np.sqrt(np.clip(prof, 0, 1))) - 0.015
+    top_z = 0.1 + 0.55 * np.clip(prof, 0, 1) + lift
     top = np.stack([top_x, top_y, top_z], axis=1)
     poly3 = np.concatenate([bottom, top])
     w_sil = np.concatenate([_JAW_SIL[2:15], (top_x / np.abs(jaw[2, 0])) ** 4])
