@@ -65,7 +65,7 @@ def overlay_heatmap(ax: plt.Axes, image, heat, *, alpha: float = 0.5, cmap: str 
 def image_grid(images: Sequence, *, titles: Sequence[str] | None = None, ncols: int = 8,
                landmarks: Sequence | None = None, heatmaps: Sequence | None = None, row_labels: Sequence[str] | None = None,
                cell: float = 1.5, suptitle: str | None = None, fontsize: int = 8, heat_cmap: str = "jet",
-               heat_alpha: float = 0.5) -> plt.Figure:
+               heat_alpha: float = 0.5, landmark_size: float | None = None) -> plt.Figure:
     """A grid of images with optional titles, landmarks, heat maps and row labels."""
     n = len(images)
     ncols = max(1, min(ncols, n))
@@ -86,7 +86,7 @@ def image_grid(images: Sequence, *, titles: Sequence[str] | None = None, ncols: 
             img = to_hwc(images[k])
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
         if landmarks is not None:
-            draw_landmarks(ax, landmarks[k], size=max(1.0, 12.0 / ncols * cell))
+            draw_landmarks(ax, landmarks[k], size=landmark_size or 2.0 * cell)
         if titles is not None:
             ax.set_title(titles[k], fontsize=fontsize)
         if row_labels is not None and k % ncols == 0:

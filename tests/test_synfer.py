@@ -265,3 +265,29 @@ def test_difficulty_clean_beats_wild_beats_occluded():
     assert acc["clean"] > acc["wild"] + 0.2, acc
     assert acc["wild"] > acc["occluded"], acc
     assert acc["occluded"] > chance + 0.1, acc
+
+
+def test_with_expression_keeps_the_person_and_changes_the_face():
+    ds = SynFER("clean", "test", n=5, num_classes=8, image_size=96)
+    neutral = ds.render(ds.with_expression(2, "neutral", 1.0))
+    happy = ds.render(ds.with_expression(2, "happy", 1.0))
+    assert happy["label"] == CLASSES.index("happy")
+    assert happy["meta"]["identity"] == neutral["meta"]["identity"]
+    lm_n, lm_h = neutral["landmarks"], happy["landmarks"]
+    # AU 12 pulls the mouth corners up (smaller y) and out; nose tip and inner eye corners stay.
+    assert lm_h[48, 1] < lm_n[48, 1] - 1 and lm_h[54, 1] < lm_n[54, 1] - 1
+    assert lm_h[54, 0] - lm_h[48, 0] > lm_n[54, 0] - lm_n[48, 0]
+    assert torch.allclose(lm_h[[30, 39, 42]], lm_n[[30, 39, 42]], atol=0.05)
+    surprise = ds.render(ds.with_expression(2, "surprise", 1.0))["landmarks"]
+    assert surprise[57, 1] > lm_n[57, 1] + 3  # jaw drop opens the mouth
+    with pytest.raises(ValueError, match="unknown expression"):
+        ds.with_expression(0, "joy")
+
+
+def test_description_tables():
+    from fer.data.synfer import describe_expressions, describe_variants
+
+    assert list(describe_variants().index) == list(VARIANTS)
+    expr = describe_expressions()
+    assert expr.loc["surprise", "action units"] == "1 + 2 + 5 + 26"
+    assert expr.loc["contempt", "unilateral"] == "yes"

@@ -5,9 +5,9 @@ See :class:`SynFER` and the book page ``book/datasets/synfer.ipynb``.
 from __future__ import annotations
 
 from .dataset import GENERATOR_VERSION, MASK_CLASSES, SampleSpec, SynFER
-from .face import ACTION_UNITS, PROTOTYPES
+from .face import ACTION_UNITS, AU_NAMES, PROTOTYPES
 from .nuisances import FACE_MASK_COLOURS, OCCLUDERS
-from .regions import AU_REGIONS, REGIONS, class_regions
+from .regions import AU_REGIONS, REGIONS, class_regions, describe_expressions
 from .render import FACE_MASK_STYLES
 from .speed import throughput
 from .variants import VARIANTS, Variant, describe_variants, get_variant
@@ -23,6 +23,7 @@ __all__ = [
     "describe_variants",
     "throughput",
     "ACTION_UNITS",
+    "AU_NAMES",
     "PROTOTYPES",
     "OCCLUDERS",
     "FACE_MASK_COLOURS",
@@ -30,4 +31,5 @@ __all__ = [
     "REGIONS",
     "AU_REGIONS",
     "class_regions",
+    "describe_expressions",
 ]

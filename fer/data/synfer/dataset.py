@@ -157,7 +157,7 @@ class SynFER(Dataset):
         self.transform = transform
         self._vcode = zlib.crc32(self.variant.name.encode())
         self._scode = _SPLITS[split]
-        self._render_size = max(self.image_size, _MIN_RENDER) if self.image_size < _MIN_RENDER else self.image_size
+        self._render_size = max(self.image_size, _MIN_RENDER)
         self._expr_labels = self._draw_expressions(np.arange(self.n))
         if self.variant.binary_mask_task:
             u = _uniform((self.seed, self._vcode, self._scode, 3), np.arange(self.n))
@@ -203,16 +203,16 @@ class SynFER(Dataset):
 
     def identities(self) -> np.ndarray:
         """Identity (subject) id of every sample, without drawing."""
-        return np.array([self._identity_id(i) for i in range(self.n)]) if self.variant.frames else \
-            (_uniform((self.seed, self._vcode, self._scode, 2), np.arange(self.n))
-             * self.variant.identities).astype(np.int64)
+        return self._identity_ids(np.arange(self.n))
+
+    def _identity_ids(self, idx: np.ndarray) -> np.ndarray:
+        v = self.variant
+        if v.frames:  # CK-style: a subject per sequence, shared by all splits
+            return (_uniform((self.seed, self._vcode, 2), idx // v.frames) * v.subjects).astype(np.int64)
+        return (_uniform((self.seed, self._vcode, self._scode, 2), idx) * v.identities).astype(np.int64)
 
     def _identity_id(self, i: int) -> int:
-        v = self.variant
-        if v.frames:
-            seq = np.array([i // v.frames])
-            return int((_uniform((self.seed, self._vcode, 2), seq) * v.subjects).astype(np.int64)[0])
-        return int((_uniform((self.seed, self._vcode, self._scode, 2), np.array([i])) * v.identities)[0])
+        return int(self._identity_ids(np.array([i]))[0])
 
     def identity(self, i: int) -> Identity:
         """The identity drawn for sample ``i``."""

@@ -5,6 +5,7 @@ point (``shift=4``) with ``LINE_AA``, so shapes land where the landmarks say.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import cv2
@@ -54,12 +55,19 @@ def line(img: np.ndarray, points: np.ndarray, colour: Colour | float, thickness:
                   shift=_SHIFT)
 
 
+@functools.lru_cache(maxsize=32)
+def _unit_circle(n: int) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    c = np.stack([np.cos(t), np.sin(t)], axis=1)
+    c.setflags(write=False)
+    return c
+
+
 def ellipse_points(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0, n: int = 24) -> np.ndarray:
     """Polygon approximating an ellipse (angle in radians)."""
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    x, y = rx * np.cos(t), ry * np.sin(t)
     ca, sa = np.cos(angle), np.sin(angle)
-    return np.stack([cx + ca * x - sa * y, cy + sa * x + ca * y], axis=1)
+    rot = np.array([[ca * rx, sa * rx], [-sa * ry, ca * ry]])
+    return _unit_circle(n) @ rot + (cx, cy)
 
 
 def _roi(img: np.ndarray, points: np.ndarray, pad: int = 2) -> tuple[int, int, int, int] | None:

@@ -13,7 +13,7 @@ symmetric. Expressions are sums of FACS action-unit displacements on these point
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,6 +30,7 @@ __all__ = [
     "MOUTH_INNER",
     "MIRROR",
     "ACTION_UNITS",
+    "AU_NAMES",
     "PROTOTYPES",
     "Identity",
     "sample_identity",
@@ -186,7 +187,6 @@ class Identity:
     hair_style: str = "short"
     hairline: float = 0.0
     beard: bool = False
-    extras: dict = field(default_factory=dict)
 
 
 def _mix(a: np.ndarray, b: np.ndarray, t: float) -> tuple[float, float, float]:
@@ -330,6 +330,14 @@ ACTION_UNITS: dict[int, np.ndarray] = {
 }
 # Displacements above are written for the image-left half and mirrored; a few entries
 # (AU 26's lower lip, for instance) name right-half points, which the mirror fills in.
+
+#: FACS names of the action units SynFER models.
+AU_NAMES: dict[int, str] = {
+    1: "inner brow raiser", 2: "outer brow raiser", 4: "brow lowerer", 5: "upper lid raiser",
+    6: "cheek raiser", 7: "lid tightener", 9: "nose wrinkler", 10: "upper lip raiser",
+    12: "lip corner puller", 14: "dimpler", 15: "lip corner depressor", 20: "lip stretcher",
+    23: "lip tightener", 25: "lips part", 26: "jaw drop",
+}
 
 #: Overall gain on :data:`ACTION_UNITS` (1.0 = the values above).
 AU_GAIN = 1.25

@@ -150,7 +150,7 @@ def _hand(img: np.ndarray, occ: np.ndarray, geo: FaceGeometry, rng: np.random.Ge
     axis = np.array([np.sin(ang), -np.cos(ang)])
     perp = np.array([np.cos(ang), np.sin(ang)])
     fingers = []
-    for k, (off, length) in enumerate(((-0.12, 0.28), (-0.04, 0.33), (0.04, 0.32), (0.12, 0.26))):
+    for off, length in ((-0.12, 0.28), (-0.04, 0.33), (0.04, 0.32), (0.12, 0.26)):
         base = c + axis * 0.16 * s + perp * off * s
         fingers.append(np.stack([base, base + axis * length * s]))
     thumb_base = c + perp * 0.17 * s

@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 
 from . import draw
-from .face import PROTOTYPES, UNILATERAL
+from .face import AU_NAMES, PROTOTYPES, UNILATERAL
 
-__all__ = ["REGIONS", "AU_REGIONS", "region_maps", "relevance_map", "class_regions"]
+__all__ = ["REGIONS", "AU_REGIONS", "region_maps", "relevance_map", "class_regions", "describe_expressions"]
 
 #: Facial regions SynFER can draw as maps.
 REGIONS = ("brows", "eyes", "nose", "mouth", "cheeks")
@@ -38,6 +38,17 @@ def class_regions(expression: str) -> tuple[str, ...]:
         return ("brows", "eyes", "mouth")
     names = {r for au in aus for r in AU_REGIONS[au]}
     return tuple(r for r in REGIONS if r in names)
+
+
+def describe_expressions():
+    """A pandas DataFrame: each expression's action units, what they move, and its evidence regions."""
+    import pandas as pd
+
+    rows = [{"expression": e, "action units": " + ".join(map(str, aus)) or "none",
+             "what moves": ", ".join(AU_NAMES[a] for a in aus) or "-",
+             "unilateral": "yes" if e in UNILATERAL else "",
+             "evidence regions": ", ".join(class_regions(e))} for e, aus in PROTOTYPES.items()]
+    return pd.DataFrame(rows).set_index("expression")
 
 
 def _scaled(poly: np.ndarray, k: float) -> np.ndarray:
@@ -77,7 +88,7 @@ def region_maps(landmarks: np.ndarray, size: int, scale: float) -> dict[str, np.
     draw.fill(m, nose, 255)
     out["nose"] = m
     m = np.zeros((size, size), np.uint8)
-    draw.fill(m, _scaled(lm[48:60], 1.3) + [0, 0.0], 255)
+    draw.fill(m, _scaled(lm[48:60], 1.3), 255)
     out["mouth"] = m
     m = np.zeros((size, size), np.uint8)
     for eye_lo, wing, jaw_pt, corner in ((lm[[41, 40]], lm[31], lm[2], lm[48]), (lm[[46, 47]], lm[35], lm[14], lm[54])):

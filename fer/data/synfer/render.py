@@ -309,7 +309,7 @@ def face_mask_polygon(geo: FaceGeometry, style: str) -> tuple[np.ndarray, list[n
     jaw = sh[JAW].copy()
     jaw[:, 2] += lift
     bottom = jaw[2:15].copy()
-    bottom[:, 1] += np.linspace(0, 1, 13) * 0 + np.sin(np.linspace(0, np.pi, 13)) * 0.04
+    bottom[:, 1] += np.sin(np.linspace(0, np.pi, 13)) * 0.04  # below the chin, hugging the jaw
     bottom[:, 0] *= 1.02
     top_x = np.linspace(jaw[14, 0] * 1.02, jaw[2, 0] * 1.02, 11)
     prof = 1 - (np.abs(top_x) / np.abs(jaw[2, 0])) ** 2
