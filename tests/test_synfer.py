@@ -41,6 +41,13 @@ def test_every_variant_renders(variant):
         assert abs(item["meta"]["yaw"]) <= ds.variant.max_yaw + 1e-9
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_accepts_every_split(variant):
+    for split in ("train", "val", "test", "all"):
+        ds = SynFER(variant, split, n=50)
+        assert len(ds.targets) == 50 and sum(ds.class_counts.values()) == 50
+
+
 def test_determinism_byte_identical_and_seeds_differ():
     a = SynFER("wild", "train", n=20, seed=5)
     b = SynFER("wild", "train", n=20, seed=5)

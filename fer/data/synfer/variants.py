@@ -84,14 +84,12 @@ class Variant:
     identities: int = 4000  # identity pool per split
 
     def counts_for(self, split: str) -> dict[str, int]:
-        """Class counts for a split (test proportions stand in for val when absent)."""
-        if split in self.counts:
-            return self.counts[split]
-        if "all" in self.counts:
-            return self.counts["all"]
-        if split == "val" and "test" in self.counts:
-            return self.counts["test"]
-        return self.counts["train"]
+        """Class counts for a split: the split's own, else the variant's only set
+        (``all``; FED-RO's ``test``), else test proportions for val, else train's."""
+        for key in (split, "all", "test" if split == "val" else "train"):
+            if key in self.counts:
+                return self.counts[key]
+        return next(iter(self.counts.values()))
 
 
 # In-the-wild nuisances (RAF-DB-like). Tuned so that a small CNN trained briefly sits
