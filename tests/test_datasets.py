@@ -534,3 +534,27 @@ def test_batches_collate_like_synfer(data_root):
         assert batch["meta"]["dataset"] == [name] * 4 and len(batch["meta"]["path"]) == 4
         if "landmarks" in batch:
             assert batch["landmarks"].dtype == torch.float32 and batch["landmarks"].shape[0] == 4
+
+
+def test_loaders_pick_up_the_landmark_cache(tmp_path):
+    """Aligned RAF-DB ships no usable landmarks; a cache written by
+    `python -m fer.data.landmarks` fills them in (rescaled with image_size)."""
+    import numpy as np
+
+    from fer.data.landmarks import annotate_dataset, landmarks_path
+
+    root = tmp_path / "rafdb"
+    fx.write_rafdb(root)
+    ds = load_dataset("rafdb", root, "test")
+    assert "landmarks" not in ds[0]
+    fake = np.tile(np.linspace(10, 90, 68, dtype=np.float32)[:, None], (1, 2))
+
+    def backend(images, **_):
+        return [fake.copy() for _ in images]
+
+    annotate_dataset(ds, landmarks_path(root, "test"), backend=backend, progress=False, base_dir=root)
+    again = load_dataset("rafdb", root, "test")
+    np.testing.assert_allclose(again[0]["landmarks"].numpy(), fake, atol=1e-4)
+    half = load_dataset("rafdb", root, "test", image_size=50)
+    np.testing.assert_allclose(half[0]["landmarks"].numpy(), (fake + 0.5) * 0.5 - 0.5, atol=1e-4)
+    assert "landmarks" not in load_dataset("rafdb", root, "train")[0]

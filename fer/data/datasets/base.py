@@ -276,6 +276,8 @@ class RealFERDataset(Dataset):
         self.skipped: list[str] = []
         self.excluded: dict[str, int] = {}
         self.samples: list[Sample] = []
+        # Landmark cache (landmarks68-<split>.npz in the root), read on first access.
+        self._landmark_table: Any = None
 
     # ------------------------------------------------------------------ construction helpers
     def _layout_error(self, missing: Sequence[Any], hint: str = "") -> DatasetLayoutError:
@@ -365,9 +367,25 @@ class RealFERDataset(Dataset):
         return base | self._meta(s)
 
     # ------------------------------------------------------------------ access
+    def _cached_landmarks(self, i: int, size: tuple[int, int]) -> np.ndarray | None:
+        """68 landmarks for sample ``i`` from the dataset's landmark cache, if one was
+        written (``python -m fer.data.landmarks --dataset NAME --root ROOT``)."""
+        if self._landmark_table is None:
+            from ..landmarks import landmarks_path, read_landmarks
+
+            path = landmarks_path(self.root, self.split)
+            self._landmark_table = read_landmarks(path) if path.is_file() else False
+        if self._landmark_table is False:
+            return None
+        from ..landmarks import item_key
+
+        return self._landmark_table.get(item_key({"path": str(self.samples[i].path)}, i, self.root), size=size)
+
     def _item(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
         img, lm = self._load(s)
+        if lm is None:
+            lm = self._cached_landmarks(i, img.shape[:2])
         if self.image_size is not None:
             img, lm = _resize(img, lm, self.image_size)
         image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
