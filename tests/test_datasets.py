@@ -558,3 +558,14 @@ def test_loaders_pick_up_the_landmark_cache(tmp_path):
     half = load_dataset("rafdb", root, "test", image_size=50)
     np.testing.assert_allclose(half[0]["landmarks"].numpy(), (fake + 0.5) * 0.5 - 0.5, atol=1e-4)
     assert "landmarks" not in load_dataset("rafdb", root, "train")[0]
+
+
+def test_fingerprint_follows_the_listing(tmp_path):
+    root = tmp_path / "fedro"
+    fx.write_fedro(root)
+    a, b = load_dataset("fedro", root), load_dataset("fedro", root)
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != load_dataset("fedro", root, image_size=64).fingerprint()
+    first = sorted(p for p in root.rglob("*.jpg"))[0]
+    first.unlink()
+    assert load_dataset("fedro", root, on_error="skip").fingerprint() != a.fingerprint()

@@ -419,6 +419,21 @@ class RealFERDataset(Dataset):
                                   stacklevel=2)
         raise ImageDecodeError(self.root, f"no sample of {self.name} ({self.split}) could be decoded")
 
+    def fingerprint(self) -> str:
+        """A short hash of what this dataset yields: name, split, classes, image size
+        and every listed sample (path relative to the root, label, extra fields).
+
+        Runs (:mod:`fer.runs`) key their cache on it. File contents are not read, so
+        replacing an image in place keeps the fingerprint: rerun with ``retrain``.
+        """
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(repr((self.name, self.split, self.classes, self.image_size)).encode())
+        for s in self.samples:
+            h.update(f"{_relative(s.path, self.root)}\t{s.label}\t{s.ref}\t{s.info}\n".encode())
+        return h.hexdigest()[:16]
+
     def meta_frame(self, progress: bool = False):
         """A pandas DataFrame of every sample's ``meta`` plus ``label`` (no decoding)."""
         import pandas as pd
