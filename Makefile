@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml
 book: $(STAMP)
 	$(VPY) -m fer.book --profile $(PROFILE) \
 		$(if $(DATA_ROOT),--data-root '$(DATA_ROOT)') \
-		$(if $(ONLY),--only '$(ONLY)') $(BOOK_ARGS)
+		$(if $(ONLY),--only '$(ONLY)') $(if $(DEVICE),--device '$(DEVICE)') $(BOOK_ARGS)
 
 test: $(STAMP)
 	$(VPY) -m pytest $(PYTEST_ARGS)

@@ -2,8 +2,14 @@
 
 Run it as ``python -m fer.book`` (``make book`` does)::
 
-    python -m fer.book [--profile smoke|demo|paper] [--data-root PATH] [--only GLOB]
-                       [--force] [--no-build] [--strict] [--root DIR] [--jobs N]
+    python -m fer.book run [--profile smoke|demo|paper] [--data-root PATH] [--only GLOB]
+                           [--device cpu|cuda|cuda:N|auto] [--force] [--no-build]
+                           [--strict] [--root DIR] [--jobs N]
+    python -m fer.book build [--strict] [--root DIR]
+
+``run`` is the default command: ``python -m fer.book --profile demo ...`` is the same as
+``python -m fer.book run --profile demo ...``. ``build`` only runs the jupyter-book
+build (step 7) over what ``_build/src/`` already holds: nothing is staged or executed.
 
 What happens, in order:
 
@@ -14,26 +20,40 @@ What happens, in order:
    notebook's own defaults *are* the smoke profile), then ``{"data_root": ...}`` when
    ``--data-root`` is given. Every notebook needs one cell tagged ``parameters`` that
    defines ``profile`` and ``data_root`` and every other key injected into it.
+   Notebooks whose ``parameters`` cell also defines ``device`` get ``{"device": ...}``
+   from ``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the default; the
+   notebook resolves it, e.g. with :func:`resolve_device`). Without an explicit
+   ``--device``, a ``device`` given for the notebook in ``profiles.yml`` is kept.
+   Notebooks that do not define ``device`` get no such parameter.
 3. The book source is staged into ``_build/src/`` (``_config.yml``, ``_toc.yml``, the
    non-notebook files under ``book/``, and every page in the toc). Files are only
    rewritten when their bytes change, so Sphinx rebuilds only what changed.
 4. Each notebook runs with papermill into ``_build/src/<same path>``. The kernel's
    working directory is the *staged* notebook's folder; notebooks find the repository
    through ``fer.REPO_ROOT``, never through relative paths. The kernel sees
-   ``FER_PROFILE=<profile>``, ``PYTHONHASHSEED=0``, ``TQDM_DISABLE=1`` (progress bars
-   would end up in the pages) and the headless matplotlib inline
-   backend (``MPLBACKEND=module://matplotlib_inline.backend_inline``; plain ``Agg``
-   would drop every figure from the pages).
+   ``FER_PROFILE=<profile>``, ``FER_DEVICE=<--device>``, ``PYTHONHASHSEED=0``,
+   ``TQDM_DISABLE=1`` (progress bars would end up in the pages) and the headless
+   matplotlib inline backend (``MPLBACKEND=module://matplotlib_inline.backend_inline``;
+   plain ``Agg`` would drop every figure from the pages).
 5. Executions are cached under ``_build/cache/<profile>/``. The key hashes the notebook
    bytes, the injected parameters, the profile, every ``*.py`` file of the ``fer``
    package and the python and torch versions; a hit copies the cached notebook
-   instead of running it. ``--force`` ignores the cache.
+   instead of running it. ``--force`` ignores the cache. ``FER_DEVICE`` is not part
+   of the key; the ``device`` parameter is, where a notebook defines it.
 6. ``_build/book-report.json`` records per notebook the wall time, whether it came
    from the cache, the profile and the parameters, plus the totals.
 7. Unless ``--no-build``: ``jupyter-book build _build/src --path-output <root>`` with
    execution off, so the book lands at ``<root>/_build/html/index.html``. The build
    fails on Sphinx errors and on warnings that mean a broken book (toc entries,
    missing citations, unresolved references); ``--strict`` fails on any warning.
+
+A notebook that raises stops the run with exit status 1 and a message naming the
+notebook and the cell; the HTML is not built. Its page in ``_build/src/`` is then the
+partially executed notebook, never an older successful copy: an ``{error}`` admonition
+cell (tagged ``fer-book-failed``) opens it and its metadata holds
+``fer_book: {status: failed}``; ``build`` warns about such pages. Failures are not cached.
+
+Pages state what produced their numbers with :func:`banner`.
 
 Notebooks left out by ``--only`` are staged from a valid cache entry when there is
 one, otherwise unexecuted; the report marks them ``"skipped"``.
@@ -65,6 +85,7 @@ import yaml
 __all__ = [
     "PROFILES",
     "REQUIRED_PARAMETERS",
+    "FAILED_TAG",
     "BookError",
     "NotebookFailed",
     "BookPaths",
@@ -82,6 +103,9 @@ __all__ = [
     "run_notebooks",
     "write_report",
     "build_html",
+    "failed_pages",
+    "banner",
+    "resolve_device",
     "main",
 ]
 
@@ -102,6 +126,10 @@ _KERNEL_ENV: dict[str, str] = {
     # Use this environment's ``python3`` kernel even if the user has their own.
     "JUPYTER_PREFER_ENV_PATH": "1",
 }
+#: Values ``--device`` accepts.
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?|auto")
+#: Tag of the admonition cell that marks a staged notebook as failed.
+FAILED_TAG = "fer-book-failed"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: Build warnings that mean the book is broken, even without ``--strict``.
 _FATAL_WARNINGS = re.compile(
@@ -339,8 +367,15 @@ def notebook_parameters(
     profile: str,
     profiles: Mapping[str, Mapping[str, Any]],
     data_root: str | None,
+    *,
+    device: str | None = None,
+    override_device: bool = True,
 ) -> dict[str, Any]:
-    """Parameters injected into ``nb_rel``, checked against the names it ``defined``."""
+    """Parameters injected into ``nb_rel``, checked against the names it ``defined``.
+
+    ``device`` is injected only if the notebook defines ``device``; with
+    ``override_device=False`` a ``device`` from ``profiles.yml`` is kept.
+    """
     missing = [name for name in REQUIRED_PARAMETERS if name not in defined]
     if missing:
         raise BookError(
@@ -358,6 +393,8 @@ def notebook_parameters(
         params.update(profiles[nb_rel])
     if data_root is not None:
         params["data_root"] = data_root
+    if device is not None and "device" in defined and (override_device or "device" not in params):
+        params["device"] = device
     unknown = sorted(set(params) - defined)
     if unknown:
         raise BookError(
@@ -494,9 +531,9 @@ def stage_sources(paths: BookPaths, pages: Sequence[Path]) -> None:
 
 
 @contextlib.contextmanager
-def _kernel_environment(profile: str) -> Iterator[None]:
+def _kernel_environment(profile: str, device: str = "auto") -> Iterator[None]:
     """Set the environment the kernels inherit; restore it afterwards."""
-    updates = dict(_KERNEL_ENV, FER_PROFILE=profile)
+    updates = dict(_KERNEL_ENV, FER_PROFILE=profile, FER_DEVICE=device)
     saved = {name: os.environ.get(name) for name in updates}
     os.environ.update(updates)
     try:
@@ -554,6 +591,7 @@ def _plan(
     data_root: str | None,
     only: str | None,
     package_dir: Path,
+    device: str | None = None,
 ) -> list[_Job]:
     """Check every notebook's parameters and compute its cache key, before running any."""
     profiles = load_profiles(paths.root, profile)
@@ -562,7 +600,8 @@ def _plan(
     for rel in notebooks:
         path = paths.root / rel
         params = notebook_parameters(
-            rel.as_posix(), parameter_names(path), profile, profiles, data_root
+            rel.as_posix(), parameter_names(path), profile, profiles, data_root,
+            device=device or "auto", override_device=device is not None,
         )
         key = cache_key(path.read_bytes(), params, profile, pkg_fp, env_fp)
         jobs.append(_Job(rel, params, key, _matches(rel, only)))
@@ -593,12 +632,68 @@ def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: b
         result.status = "skipped"
         return result
     start = time.perf_counter()
+    # An older successful copy must not survive a failure as if it were fresh.
+    dest.unlink(missing_ok=True)
     try:
         _execute(paths.root / job.rel, dest, job.parameters, progress)
+    except NotebookFailed as exc:
+        _mark_failed(paths.root / job.rel, dest, profile, str(exc).splitlines()[0])
+        raise
     finally:
         result.seconds = round(time.perf_counter() - start, 2)
     _cache_store(paths, result, dest)
     return result
+
+
+def _mark_failed(src: Path, dest: Path, profile: str, summary: str) -> None:
+    """Make ``dest`` the failed notebook, opened by an ``{error}`` admonition.
+
+    ``dest`` is the partially executed notebook papermill left, or else the source
+    notebook unexecuted; if neither can be read, ``dest`` is removed.
+    """
+    import nbformat
+
+    nb = None
+    for candidate in (dest, src):
+        try:
+            nb = nbformat.read(candidate, as_version=4)
+            break
+        except Exception:  # missing, truncated or invalid JSON: try the next one
+            continue
+    if nb is None:
+        dest.unlink(missing_ok=True)
+        return
+    text = (
+        "```{error}\n"
+        f"**This page failed to execute** when the book was run with profile `{profile}`. "
+        "What follows is the partially executed notebook: its numbers and figures are "
+        "missing or incomplete, and none of them comes from an earlier run.\n\n"
+        f"`{summary.replace('`', chr(39))}`\n"
+        "```"
+    )
+    cell = nbformat.v4.new_markdown_cell(text)
+    cell.metadata["tags"] = [FAILED_TAG]
+    if nb.get("nbformat_minor", 0) < 5:
+        cell.pop("id", None)
+    nb.cells.insert(0, cell)
+    nb.metadata["fer_book"] = {"status": "failed", "profile": profile, "error": summary}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    nbformat.write(nb, str(tmp))
+    os.replace(tmp, dest)
+
+
+def failed_pages(paths: BookPaths) -> list[str]:
+    """Staged notebooks (relative to ``paths.src``) marked as failed by a run."""
+    failed = []
+    for path in sorted(paths.src.rglob("*.ipynb")) if paths.src.is_dir() else ():
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
+        except (OSError, ValueError):
+            continue
+        if (meta.get("fer_book") or {}).get("status") == "failed":
+            failed.append(path.relative_to(paths.src).as_posix())
+    return failed
 
 
 def run_notebooks(
@@ -611,16 +706,22 @@ def run_notebooks(
     force: bool = False,
     jobs: int = 1,
     package_dir: Path | None = None,
+    device: str | None = None,
 ) -> list[NotebookResult]:
     """Stage every notebook of the book into ``paths.src``, executing where needed.
 
+    ``device`` (``None`` means ``"auto"`` without overriding ``profiles.yml``) goes to
+    the notebooks that define ``device`` and into ``FER_DEVICE``.
+    A failed notebook is left in ``paths.src`` marked as failed (see the module doc).
     Raises :class:`BookError` before running anything if a notebook's parameters are
     wrong, and :class:`NotebookFailed` (after the running ones finish) if one raises.
     """
     from tqdm.auto import tqdm
 
     package_dir = package_dir or Path(__file__).resolve().parent
-    plan = _plan(paths, notebooks, profile, data_root, only, package_dir)
+    if device is not None and not _DEVICE.fullmatch(device):
+        raise BookError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
+    plan = _plan(paths, notebooks, profile, data_root, only, package_dir, device)
     results: dict[Path, NotebookResult] = {}
     failure: NotebookFailed | None = None
     stop = threading.Event()  # set by the first failure: later notebooks do not start
@@ -635,7 +736,8 @@ def run_notebooks(
             raise
 
     bar = tqdm(total=len(plan), desc=f"notebooks ({profile})", unit="nb")
-    with _kernel_environment(profile), concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+    env = _kernel_environment(profile, device or "auto")
+    with env, concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = {pool.submit(work, job): job for job in plan}
         for future in concurrent.futures.as_completed(futures):
             job = futures[future]
@@ -730,13 +832,77 @@ def build_html(paths: BookPaths, *, strict: bool = False) -> list[str]:
     return warnings
 
 
+# --------------------------------------------------------------------------- pages
+
+
+def resolve_device(device: str | None = None) -> str:
+    """The torch device a notebook should use for ``device`` (its parameter).
+
+    ``None`` reads ``FER_DEVICE`` (set by the runner; ``auto`` when unset); ``auto``
+    becomes ``cuda`` when torch sees a GPU, else ``cpu``; anything else is returned.
+    """
+    device = device or os.environ.get("FER_DEVICE") or "auto"
+    if device != "auto":
+        return device
+    import torch  # deferred: slow to import
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def banner(
+    profile: str,
+    data: str,
+    scale: str,
+    run_ids: Sequence[str] | str = (),
+    **extra: Any,
+) -> Any:
+    """A note for the top of a page: which profile, data and scale made its numbers.
+
+    ``run_ids`` are the runs (``fer.runs`` ids) behind the page's numbers; ``extra``
+    adds fields (``device="cuda"`` shows as *Device*). Returns an
+    :class:`IPython.display.HTML` admonition (it renders the same in Jupyter and in the
+    built book); display it, or leave it as a cell's last expression. Nothing is glued.
+    """
+    from html import escape
+
+    from IPython.display import HTML
+
+    if isinstance(run_ids, str):
+        run_ids = (run_ids,)
+    runs = ", ".join(f"<code>{escape(str(r))}</code>" for r in run_ids) or "none"
+    fields = [("Profile", f"<code>{escape(str(profile))}</code>"),
+              ("Data", escape(str(data))), ("Scale", escape(str(scale)))]
+    fields += [(escape(k.replace("_", " ").capitalize()), escape(str(v))) for k, v in extra.items()]
+    fields.append(("Runs", runs))
+    items = "\n".join(f"<li><strong>{k}:</strong> {v}</li>" for k, v in fields)
+    note = ""
+    if "synfer" in str(data).lower():
+        note = ("\n<p>SynFER numbers are measured on synthetic stand-ins: they are not a "
+                "reproduction of any paper's table.</p>")
+    return HTML(
+        '<div class="admonition note fer-banner">\n'
+        '<p class="admonition-title">How this page\'s numbers were made</p>\n'
+        f"<ul>\n{items}\n</ul>{note}\n</div>"
+    )
+
+
 # --------------------------------------------------------------------------- CLI
 
 
-def _parser() -> argparse.ArgumentParser:
+def _device_arg(value: str) -> str:
+    if not _DEVICE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: use cpu, cuda, cuda:N or auto")
+    return value
+
+
+def _parser(prog: str = "python -m fer.book run") -> argparse.ArgumentParser:
+    """Options of ``run`` (also the top-level form ``python -m fer.book [options]``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m fer.book",
+        prog=prog,
         description="Execute the book's notebooks with papermill (cached) and build the HTML.",
+        epilog="Commands: 'run' (the default: 'python -m fer.book --profile demo' = "
+               "'python -m fer.book run --profile demo') and 'build' (only the jupyter-book "
+               "build of what _build/src holds; see 'python -m fer.book build --help').",
     )
     parser.add_argument("--profile", choices=PROFILES, default="demo",
                         help="parameter profile injected into every notebook (default: demo)")
@@ -744,6 +910,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="folder with the real datasets, injected as data_root")
     parser.add_argument("--only", metavar="GLOB", default=None,
                         help="execute only notebooks whose path matches, e.g. 'book/manet/*'")
+    parser.add_argument("--device", type=_device_arg, default=None, metavar="DEV",
+                        help="cpu, cuda, cuda:N or auto (default): injected as 'device' into "
+                             "notebooks whose parameters cell defines it, and exported as "
+                             "FER_DEVICE to the kernels")
     parser.add_argument("--force", action="store_true", help="ignore the execution cache")
     parser.add_argument("--no-build", action="store_true", help="execute, do not build the HTML")
     parser.add_argument("--strict", action="store_true", help="fail the build on any warning")
@@ -755,9 +925,55 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fer.book build",
+        description="Build the HTML from what _build/src already holds (no staging, no "
+                    "execution): the book lands at <root>/_build/html/index.html.",
+    )
+    parser.add_argument("--strict", action="store_true", help="fail the build on any warning")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="book root holding _toc.yml (default: cwd, else the fer checkout)")
+    return parser
+
+
+def _build_command(argv: Sequence[str]) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        paths = BookPaths(find_root(args.root))
+        if not (paths.src / "_toc.yml").is_file():
+            raise BookError(f"nothing is staged in {paths.src}: run 'python -m fer.book run' first")
+        failed = failed_pages(paths)
+        start = time.perf_counter()
+        warnings = build_html(paths, strict=args.strict)
+        seconds = time.perf_counter() - start
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            report = json.loads(paths.report.read_text(encoding="utf-8"))
+            report.update(build_seconds=round(seconds, 2), html=str(paths.html / "index.html"))
+            paths.report.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    except BookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"book built in {seconds:.1f} s with {len(warnings)} warning(s): "
+          f"{paths.html / 'index.html'}")
+    if failed:
+        print("warning: these pages are failed notebooks (marked as such on the page): "
+              + ", ".join(failed), file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 1 on any failure)."""
-    args = _parser().parse_args(argv)
+    """Command-line entry point; returns the exit status (0 ok, 1 on any failure).
+
+    ``argv`` starts with ``run`` or ``build``; without either it is ``run``'s options.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["build"]:
+        return _build_command(argv[1:])
+    if argv[:1] == ["run"]:
+        args = _parser().parse_args(argv[1:])
+    else:
+        args = _parser("python -m fer.book").parse_args(argv)
     start = time.perf_counter()
     data_root = None
     paths: BookPaths | None = None
@@ -772,7 +988,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         notebooks = [p for p in pages if p.suffix == ".ipynb"]
         results = run_notebooks(
             paths, notebooks, args.profile, data_root=data_root, only=args.only,
-            force=args.force, jobs=args.jobs, package_dir=args.package_dir,
+            force=args.force, jobs=args.jobs, package_dir=args.package_dir, device=args.device,
         )
         write_report(paths, args.profile, data_root, results, time.perf_counter() - start)
         print(f"notebooks staged in {paths.src} ({time.perf_counter() - start:.1f} s)")
@@ -790,6 +1006,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if paths is not None:
             write_report(paths, args.profile, data_root, exc.results, time.perf_counter() - start)
         print(f"error: {exc}", file=sys.stderr)
+        print("error: the HTML was not built; the failed notebook is staged marked as "
+              "failed, not as its last successful run", file=sys.stderr)
         return 1
     except BookError as exc:
         print(f"error: {exc}", file=sys.stderr)

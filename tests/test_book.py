@@ -282,3 +282,95 @@ def test_repository_book_sources_build(tmp_path: Path) -> None:
     assert "Attention for Facial Expression Recognition" in intro
     for author in ("Ghimire", "Gan", "Ju", "Ghadai", "Hayashi", "Woo", "Fukui", "Sagonas"):
         assert author in intro
+
+
+DEVICE_PARAMS = PARAMS + 'device = "cpu"\n'
+PRINT_DEVICE = "import os\nprint(f'device={device} env={os.environ[\"FER_DEVICE\"]}')\n"
+
+
+def test_run_subcommand_injects_device_only_where_defined(tiny_book: Path) -> None:
+    _notebook(tiny_book / "book/part/b.ipynb", PRINT_DEVICE, parameters=DEVICE_PARAMS, title="B")
+    run = ["run", "--root", str(tiny_book), "--package-dir", str(tiny_book.parent / "pkg")]
+    assert book.main([*run, "--profile", "demo", "--no-build", "--device", "cuda:1"]) == 0
+    assert "device=cuda:1 env=cuda:1" in _stdout_of(tiny_book, "book/part/b.ipynb")
+    params = {k: v["parameters"] for k, v in _report(tiny_book)["notebooks"].items()}
+    assert params["book/part/a.ipynb"] == {"profile": "demo", "knob": 5}  # untouched
+    assert params["book/part/b.ipynb"] == {"profile": "demo", "device": "cuda:1"}
+    assert "env demo" in _stdout_of(tiny_book, "book/part/a.ipynb")
+
+    # the top-level form is `run`; the default is auto, unless profiles.yml sets a device
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "book/part/b*") == 0
+    assert "device=auto env=auto" in _stdout_of(tiny_book, "book/part/b.ipynb")
+    profiles_path = tiny_book / "book/profiles.yml"
+    profiles = yaml.safe_load(profiles_path.read_text())
+    profiles["book/part/b.ipynb"] = {"demo": {"device": "cpu"}}
+    profiles_path.write_text(yaml.safe_dump(profiles))
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "book/part/b*") == 0
+    assert "device=cpu env=auto" in _stdout_of(tiny_book, "book/part/b.ipynb")
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "book/part/b*",
+                "--device", "cuda") == 0
+    assert "device=cuda env=cuda" in _stdout_of(tiny_book, "book/part/b.ipynb")
+    with pytest.raises(SystemExit):
+        _run(tiny_book, "--device", "gpu")
+
+
+def test_failed_rerun_does_not_publish_the_old_page(
+    tiny_book: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    staged = tiny_book / "_build/src/book/part/a.ipynb"
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "book/part/a*") == 0
+    good = staged.read_bytes()
+    assert b"knob=5" in good
+    source = tiny_book / "book/part/a.ipynb"
+    original = source.read_bytes()
+    _notebook(source, "print('half way')\nraise ValueError('boom from a')",
+              parameters=PARAMS, title="A")
+    capsys.readouterr()
+    assert _run(tiny_book, "--profile", "demo", "--only", "book/part/a*") == 1
+    err = capsys.readouterr().err
+    assert "book/part/a.ipynb failed in cell" in err and "HTML was not built" in err
+    assert not (tiny_book / "_build/html").exists()
+    nb = nbformat.read(staged, as_version=4)
+    assert staged.read_bytes() != good
+    assert "knob=5" not in _stdout_of(tiny_book, "book/part/a.ipynb")
+    assert "half way" in _stdout_of(tiny_book, "book/part/a.ipynb")  # the partial run
+    assert nb.cells[0].metadata["tags"] == [book.FAILED_TAG]
+    assert "failed to execute" in nb.cells[0].source and "boom from a" in nb.cells[0].source
+    assert nb.metadata["fer_book"]["status"] == "failed"
+    assert book.failed_pages(book.BookPaths(tiny_book)) == ["book/part/a.ipynb"]
+
+    # `build` renders what is staged: the failed page says so
+    assert book.main(["build", "--root", str(tiny_book)]) == 0
+    assert "book/part/a.ipynb" in capsys.readouterr().err
+    page = (tiny_book / "_build/html/book/part/a.html").read_text()
+    assert "failed to execute" in page and "boom from a" in page and "knob=5" not in page
+
+    # restoring the notebook restores its cached good page, unmarked
+    source.write_bytes(original)
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "book/part/a*") == 0
+    assert staged.read_bytes() == good
+    assert book.failed_pages(book.BookPaths(tiny_book)) == []
+
+
+def test_build_needs_a_staged_book(tiny_book: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert book.main(["build", "--root", str(tiny_book)]) == 1
+    assert "run 'python -m fer.book run' first" in capsys.readouterr().err
+
+
+def test_banner_states_profile_data_scale_and_runs() -> None:
+    shown = book.banner("demo", "SynFER stand-ins", "64 px, width 1/4, 8 epochs",
+                        run_ids=("cbam-3f2a", "cbam-9b1c"), device="cpu")
+    html = shown.data
+    for text in ("demo", "SynFER stand-ins", "64 px, width 1/4, 8 epochs", "cbam-3f2a",
+                 "cbam-9b1c", "Device", "cpu", "admonition", "not a reproduction"):
+        assert text in html
+    assert "not a reproduction" not in book.banner("paper", "RAF-DB <x>", "paper").data
+    assert "RAF-DB &lt;x&gt;" in book.banner("paper", "RAF-DB <x>", "paper", "run-1").data
+
+
+def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert book.resolve_device("cuda:1") == "cuda:1"
+    monkeypatch.setenv("FER_DEVICE", "cpu")
+    assert book.resolve_device() == "cpu"
+    monkeypatch.delenv("FER_DEVICE")
+    assert book.resolve_device() in {"cpu", "cuda"}
