@@ -80,6 +80,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from ._hashing import package_fingerprint
+
 import yaml
 
 __all__ = [
@@ -407,19 +409,6 @@ def notebook_parameters(
 
 
 # --------------------------------------------------------------------------- cache
-
-
-def package_fingerprint(package_dir: Path) -> str:
-    """sha256 over the relative path and bytes of every ``*.py`` under ``package_dir``."""
-    digest = hashlib.sha256()
-    for path in sorted(package_dir.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        digest.update(path.relative_to(package_dir).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()
 
 
 def _dist_version(name: str) -> str:

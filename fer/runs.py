@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from . import PACKAGE_DIR, REPO_ROOT, __version__
+from ._hashing import package_fingerprint
 from .train import (
     CHECKPOINT_FILE,
     HISTORY_FILE,
@@ -104,16 +105,7 @@ def runs_root(root: str | os.PathLike | None = None) -> Path:
 
 def source_hash(package_dir: str | os.PathLike = PACKAGE_DIR) -> str:
     """sha256 over the relative path and bytes of every ``*.py`` in the ``fer`` package."""
-    package_dir = Path(package_dir)
-    digest = hashlib.sha256()
-    for path in sorted(package_dir.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        digest.update(path.relative_to(package_dir).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(path.read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()
+    return package_fingerprint(package_dir)
 
 
 def data_fingerprint(ds: Any) -> str:
