@@ -22,12 +22,7 @@ from fer.runs import Run, data_fingerprint, find_runs, run, run_key, runs_root, 
 from fer.train import Stage, TrainConfig, cache_dataset, load_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

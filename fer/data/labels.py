@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["CLASSES", "CLASSES_7", "resolve_classes"]
+import numpy as np
+
+__all__ = ["CLASSES", "CLASSES_7", "resolve_classes", "LabelCounts"]
 
 CLASSES: tuple[str, ...] = (
     "neutral",
@@ -46,3 +48,26 @@ def resolve_classes(classes: Sequence[str] | None, num_classes: int) -> tuple[st
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate class names in {list(classes)}")
     return tuple(c for c in CLASSES if c in names)
+
+
+class LabelCounts:
+    """Mixin for datasets that know every label up front.
+
+    The class sets ``self._targets`` (int64 array of label indices) and
+    ``self.classes``; it gets :attr:`targets` and :attr:`class_counts` without
+    decoding or drawing any image.
+    """
+
+    _targets: np.ndarray
+    classes: tuple[str, ...]
+
+    @property
+    def targets(self) -> list[int]:
+        """All labels (indices into ``classes``), without decoding or drawing any image."""
+        return self._targets.tolist()
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        """Samples per class name, in ``classes`` order."""
+        counts = np.bincount(self._targets, minlength=len(self.classes))
+        return {c: int(k) for c, k in zip(self.classes, counts, strict=True)}

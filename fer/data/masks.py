@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .labels import resolve_classes
+from .labels import LabelCounts, resolve_classes
 from .synfer import draw
 from .synfer.nuisances import FACE_MASK_COLOURS
 from .synfer.render import catmull_rom
@@ -527,7 +527,7 @@ def _check_patterns(patterns: Sequence[tuple[str, str]]) -> tuple[tuple[str, str
     return out
 
 
-class _MaskedBase(Dataset):
+class _MaskedBase(LabelCounts, Dataset):
     """Shared machinery: per-index pattern choice, pasting, item assembly."""
 
     classes: tuple[str, ...] = ()
@@ -575,18 +575,17 @@ class _MaskedBase(Dataset):
         out.update(image=image, label=int(label), mask=mmap, meta=meta)
         return out
 
-    @property
-    def targets(self) -> list[int]:
-        """All labels, computed without drawing any image."""
-        return self._targets.tolist()
-
-    @property
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self._targets, minlength=len(self.classes))
-        return {c: int(k) for c, k in zip(self.classes, counts)}
-
     def __len__(self) -> int:
         return len(self._targets)
+
+    def _index(self, i: int) -> int:
+        """``i`` as a non-negative index; negative ones count from the end."""
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        return i
 
     def _base_config(self) -> Any:
         fn = getattr(self.base, "config", None)
@@ -641,11 +640,7 @@ class MaskedUnmaskedDataset(_MaskedBase):
         self._targets = (_uniform(self.seed, 1, np.arange(len(base))) < self.mask_prob).astype(np.int64)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        i = int(i)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        i = self._index(i)
         masked = bool(self._targets[i])
         return self._item(i, int(masked), masked)
 
@@ -698,11 +693,7 @@ class MaskedFERDataset(_MaskedBase):
         self._targets = np.array([self.classes.index(names[i]) for i in self.indices], np.int64)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        i = int(i)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        i = self._index(i)
         return self._item(int(self.indices[i]), int(self._targets[i]), True)
 
     def config(self) -> dict[str, Any]:

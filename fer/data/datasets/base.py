@@ -50,7 +50,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ..labels import CLASSES
+from ..labels import CLASSES, LabelCounts
 
 __all__ = [
     "DatasetLayoutError",
@@ -235,7 +235,7 @@ def _resize(img: np.ndarray, lm: np.ndarray | None, size: int) -> tuple[np.ndarr
     return out, lm
 
 
-class RealFERDataset(Dataset):
+class RealFERDataset(LabelCounts, Dataset):
     """Base class of the real-dataset loaders (not used directly).
 
     Subclasses list their samples in ``__init__`` (:class:`Sample`), then call
@@ -332,18 +332,6 @@ class RealFERDataset(Dataset):
     def _setup(self, samples: list[Sample]) -> None:
         self.samples = samples
         self._targets = np.fromiter((s.label for s in samples), dtype=np.int64, count=len(samples))
-
-    # ------------------------------------------------------------------ labels, no decoding
-    @property
-    def targets(self) -> list[int]:
-        """All labels (indices into ``classes``), without decoding any image."""
-        return self._targets.tolist()
-
-    @property
-    def class_counts(self) -> dict[str, int]:
-        """Samples per class name, in ``classes`` order."""
-        counts = np.bincount(self._targets, minlength=len(self.classes))
-        return {c: int(k) for c, k in zip(self.classes, counts, strict=True)}
 
     def __len__(self) -> int:
         return len(self.samples)

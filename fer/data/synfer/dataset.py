@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..labels import resolve_classes
+from ..labels import LabelCounts, resolve_classes
 from .face import (
     ACTION_UNITS,
     AU_SCALE,
@@ -83,7 +83,7 @@ class SampleSpec:
     frame: int
 
 
-class SynFER(Dataset):
+class SynFER(LabelCounts, Dataset):
     """SynFER: a procedural face-expression dataset drawn from 68 iBUG landmarks.
 
     Sample ``i`` is a pure function of ``(seed, split, variant, i)`` (and the
@@ -190,16 +190,6 @@ class SynFER(Dataset):
     def _draw_expressions(self, idx: np.ndarray) -> np.ndarray:
         u = _uniform((self.seed, self._vcode, self._scode, 1), self._sequence_of(idx))
         return np.searchsorted(np.cumsum(self.probs), u, side="right").clip(0, len(self.probs) - 1).astype(np.int64)
-
-    @property
-    def targets(self) -> list[int]:
-        """All labels, computed without drawing any image."""
-        return self._targets.tolist()
-
-    @property
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self._targets, minlength=len(self.classes))
-        return {c: int(k) for c, k in zip(self.classes, counts)}
 
     def identities(self) -> np.ndarray:
         """Identity (subject) id of every sample, without drawing."""
