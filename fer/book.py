@@ -290,7 +290,8 @@ def load_profiles(root: Path, profile: str) -> dict[str, dict[str, Any]]:
     """Per-notebook injected parameters for ``profile`` from ``book/profiles.yml``.
 
     Returns ``{notebook path: {name: value}}``. The file is optional for ``smoke``,
-    whose parameters are the notebooks' own defaults.
+    whose parameters are the notebooks' own defaults. Top-level keys starting with
+    ``x-`` hold values shared through YAML anchors and are skipped.
     """
     if profile not in PROFILES:
         raise BookError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
@@ -307,6 +308,8 @@ def load_profiles(root: Path, profile: str) -> dict[str, dict[str, Any]]:
         raise BookError(f"{path} must map notebook paths to {{profile: {{name: value}}}}")
     out: dict[str, dict[str, Any]] = {}
     for nb, per_profile in data.items():
+        if str(nb).startswith("x-"):
+            continue  # shared values for YAML anchors (``x-name: &name {...}``), not a notebook
         if not isinstance(per_profile, dict):
             raise BookError(f"{path}: entry {nb!r} must map profile names to parameter dicts")
         unknown = sorted(set(per_profile) - set(PROFILES[1:]))

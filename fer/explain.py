@@ -261,7 +261,8 @@ def _targets_list(model: nn.Module, x: torch.Tensor, targets: Targets, batch_siz
 
 
 def _as_single_output(model: nn.Module) -> nn.Module:
-    return model if isinstance(model, SingleOutput) else SingleOutput(model)
+    # The wrapper takes the model's mode, so restoring the wrapper's mode restores the model's.
+    return model if isinstance(model, SingleOutput) else SingleOutput(model).train(model.training)
 
 
 # --------------------------------------------------------------------------- CAMs

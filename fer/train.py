@@ -64,6 +64,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
+from ._progress import bar_disabled
+
+from .losses import inverse_frequency_weights as class_weights_inverse  # equation (5), kept here for callers
 
 __all__ = [
     # configuration
@@ -214,12 +217,21 @@ class TrainConfig:
         class_weights: ``None``, a list of per-class weights, or ``"inverse"``: equation
             (5) from the training labels (:func:`class_weights_inverse`). Used by the
             default cross-entropy; an error when a ``loss_fn`` is also given.
+        class_weight_mean: how the weighted cross-entropy averages a batch: ``"batch"``
+            (default) divides the weighted sum by the batch size, as Keras's
+            ``class_weight`` does (the VGG16 + CBAM paper trained with it);
+            ``"weights"`` divides by the sum of the batch's weights, as
+            ``nn.CrossEntropyLoss(weight=...)`` does (:class:`fer.losses.ClassWeightedCrossEntropy`).
         label_smoothing: for the default cross-entropy.
         grad_clip: max gradient norm; ``None`` (default): no clipping.
 
     Input (:class:`InputTransform`, on the device):
         mean, std: normalisation of images scaled to [0, 1].
         grayscale: average the channels into one (for ``in_chans=1`` models).
+        input_size: resize images (bilinear, antialiased when shrinking) to
+            ``input_size x input_size`` on the device before augmenting, as the VGG16 +
+            CBAM paper rescales FER2013's 48 px faces to 224 px; ``None``: as stored. The
+            uint8 cache keeps the stored size, so memory does not grow with it.
         hflip: random horizontal flips in training.
         shift: random translation by up to ``shift`` pixels (pad by ``shift``, random
             crop back to size), padding with ``pad_mode``.
@@ -260,11 +272,13 @@ class TrainConfig:
     stages: list[Stage] = field(default_factory=list)
     frozen_eval: bool = True
     class_weights: list[float] | str | None = None
+    class_weight_mean: str = "batch"
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     grayscale: bool = False
+    input_size: int | None = None
     hflip: bool = False
     shift: int = 0
     pad_mode: str = "constant"
@@ -302,11 +316,16 @@ class TrainConfig:
         _check_choice("schedule_unit", self.schedule_unit, SCHEDULE_UNITS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("pad_mode", self.pad_mode, PAD_MODES)
+        _check_choice("class_weight_mean", self.class_weight_mean, ("batch", "weights"))
         for name in ("batch_size", "eval_every", "checkpoint_every", "step_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.shift < 0:
             raise ValueError(f"TrainConfig.shift must be >= 0 pixels, got {self.shift}")
+        if self.input_size is not None:
+            if int(self.input_size) < 1:
+                raise ValueError(f"TrainConfig.input_size must be None or >= 1 pixels, got {self.input_size}")
+            self.input_size = int(self.input_size)
         if isinstance(self.class_weights, str) and self.class_weights != "inverse":
             raise ValueError(f"TrainConfig.class_weights must be None, a list of floats or 'inverse', "
                              f"got {self.class_weights!r}")
@@ -419,25 +438,6 @@ def _derive_seed(*parts: Any) -> int:
     """A 63-bit seed from any parts (stable across processes and Python versions)."""
     blob = json.dumps([str(p) for p in parts]).encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
-
-
-def class_weights_inverse(counts: Sequence[int] | Mapping[str, int] | torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Equation (5) of the VGG16 + CBAM paper: ``w_k = N / (K * n_k)``.
-
-    ``counts`` holds ``n_k``, the training samples per class (a sequence, a tensor, or a
-    ``{class: count}`` mapping such as ``ds.class_counts``). ``N`` is their sum and
-    ``K`` their number, so a balanced set gets weights of 1. Returns float32 weights.
-    """
-    if isinstance(counts, Mapping):
-        counts = list(counts.values())
-    n = torch.as_tensor(np.asarray(counts, dtype=np.float64))
-    if n.ndim != 1 or len(n) == 0:
-        raise ValueError(f"class_weights_inverse needs one count per class, got shape {tuple(n.shape)}")
-    if (n <= 0).any():
-        empty = torch.nonzero(n <= 0).flatten().tolist()
-        raise ValueError(f"class_weights_inverse: class(es) {empty} have no training samples, so equation (5) "
-                         f"gives an infinite weight; drop those classes or give explicit class_weights")
-    return (n.sum() / (len(n) * n)).to(torch.float32)
 
 
 def _labels_of(ds: Any) -> np.ndarray:
@@ -659,7 +659,7 @@ def cache_dataset(ds: Dataset, *, keys: Sequence[str] = ("image", "label"), batc
                         persistent_workers=False)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     name = desc or f"cache {type(ds).__name__}"
-    for batch in tqdm(loader, desc=name, disable=not progress, leave=False, **_tqdm_kw()):
+    for batch in tqdm(loader, desc=name, disable=bar_disabled(progress), leave=False, **_tqdm_kw()):
         for k in keys:
             if k not in batch:
                 raise KeyError(f"cache_dataset: items of {type(ds).__name__} have no {k!r} "
@@ -709,7 +709,9 @@ def _make_loader(ds: Dataset, *, batch_size: int, shuffle: bool, seed: int, num_
 class InputTransform:
     """Images to model input, on the device: uint8 -> [0, 1] float, augment, normalise.
 
-    Float images are taken to be in [0, 1] already. Augmentation (training only):
+    Float images are taken to be in [0, 1] already. With ``size`` they are resized to
+    ``size x size`` (bilinear; antialiased when shrinking) first, and so are the
+    ``augment_keys`` maps (nearest for integer maps). Augmentation (training only):
     random horizontal flip and random shift (pad by ``shift`` pixels, crop back at a
     random offset), drawn from a ``torch.Generator`` so that runs repeat exactly.
     ``augment_keys`` name other batch maps that get the same flip and shift.
@@ -717,17 +719,26 @@ class InputTransform:
 
     def __init__(self, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5), *,
                  grayscale: bool = False, hflip: bool = False, shift: int = 0, pad_mode: str = "constant",
-                 augment_keys: Sequence[str] = (), channels_last: bool = False) -> None:
+                 augment_keys: Sequence[str] = (), channels_last: bool = False, size: int | None = None) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.grayscale, self.hflip, self.shift, self.pad_mode = grayscale, hflip, int(shift), pad_mode
         self.augment_keys = tuple(augment_keys)
         self.channels_last = channels_last
+        self.size = None if size is None else int(size)
+        self._device_stats: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_config(cls, config: TrainConfig, *, channels_last: bool = False) -> InputTransform:
         return cls(config.mean, config.std, grayscale=config.grayscale, hflip=config.hflip, shift=config.shift,
-                   pad_mode=config.pad_mode, augment_keys=config.augment_keys, channels_last=channels_last)
+                   pad_mode=config.pad_mode, augment_keys=config.augment_keys, channels_last=channels_last,
+                   size=config.input_size)
+
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # mean/std live on the device after the first batch: no copy (and no sync) per step
+        if self._device_stats is None or self._device_stats[0] != device:
+            self._device_stats = (device, self.mean.to(device), self.std.to(device))
+        return self._device_stats[1], self._device_stats[2]
 
     @property
     def augments(self) -> bool:
@@ -744,11 +755,16 @@ class InputTransform:
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if self.grayscale and x.shape[1] != 1:
             x = x.mean(1, keepdim=True)
+        maps = {k: batch[k] for k in self.augment_keys if k in batch}
+        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
+            x = _resize(x, self.size)
+            maps = {k: _resize(v, self.size) for k, v in maps.items()}
+            out.update(maps)
         if train and self.augments:
-            maps = {k: batch[k] for k in self.augment_keys}
+            maps = {k: maps[k] if k in maps else batch[k] for k in self.augment_keys}
             x, maps = self._augment(x, maps, generator)
             out.update(maps)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        mean, std = self._stats(x.device)
         if mean.shape[1] not in (1, x.shape[1]):
             raise ValueError(f"normalisation has {mean.shape[1]} channels (mean/std) but images have "
                              f"{x.shape[1]}; fix TrainConfig.mean/std (or grayscale)")
@@ -763,9 +779,9 @@ class InputTransform:
         b, _, h, w = x.shape
         flip = off = None
         if self.hflip:
-            flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+            flip = (torch.rand(b, generator=generator) < 0.5).to(x.device, non_blocking=True)
         if self.shift > 0:
-            off = torch.randint(0, 2 * self.shift + 1, (b, 2), generator=generator).to(x.device)
+            off = torch.randint(0, 2 * self.shift + 1, (b, 2), generator=generator).to(x.device, non_blocking=True)
 
         def apply(t: torch.Tensor) -> torch.Tensor:
             squeeze = t.ndim == 3
@@ -783,6 +799,18 @@ class InputTransform:
             return t.squeeze(1) if squeeze else t
 
         return apply(x), {k: apply(v) for k, v in maps.items()}
+
+
+def _resize(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize B x C x H x W (or B x H x W) maps to ``size x size``; integer maps by nearest."""
+    squeeze = t.ndim == 3
+    t = t.unsqueeze(1) if squeeze else t
+    if t.is_floating_point():
+        shrink = size < min(t.shape[-2:])
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    else:
+        t = F.interpolate(t.float(), size=(size, size), mode="nearest-exact").to(t.dtype)
+    return t.squeeze(1) if squeeze else t
 
 
 def _shift(x: torch.Tensor, off: torch.Tensor, shift: int, pad_mode: str) -> torch.Tensor:
@@ -1222,7 +1250,7 @@ def _run_eval(module: nn.Module, loader: Any, *, transform: InputTransform, loss
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     all_logits, all_targets = [], []
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress or not accelerator.is_local_main_process,
+    bar = tqdm(loader, desc=desc, leave=False, disable=bar_disabled(progress) or not accelerator.is_local_main_process,
                **_tqdm_kw())
     for batch in bar:
         batch = transform(batch, train=False)
@@ -1335,7 +1363,13 @@ def _resolve_loss(config: TrainConfig, train_ds: Dataset, loss_fn: Any, class_we
         w = class_weights_inverse(count_labels(train_ds))
     elif weights is not None:
         w = torch.as_tensor(weights, dtype=torch.float32)
-    ce = nn.CrossEntropyLoss(weight=w.to(device) if w is not None else None, label_smoothing=config.label_smoothing)
+    if w is not None:
+        from .losses import ClassWeightedCrossEntropy
+
+        ce: nn.Module = ClassWeightedCrossEntropy(w.to(device), normalize=config.class_weight_mean,
+                                                  label_smoothing=config.label_smoothing)
+    else:
+        ce = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     if w is not None:
         log.info("class weights: %s", [round(float(v), 4) for v in w])
     return logits_loss(ce, output_to_logits=output_to_logits), logits_loss(nn.CrossEntropyLoss(),
@@ -1453,7 +1487,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, conf
             (run_path / HISTORY_FILE).unlink()  # a history without a checkpoint: start over
 
     history = History(pos.records)
-    disable = not progress or not acc.is_local_main_process
+    disable = bar_disabled(progress) or not acc.is_local_main_process
     outer = tqdm(total=config.epochs, initial=pos.epoch, desc="epochs", disable=disable, **_tqdm_kw())
     try:
         if ckpt is not None:

@@ -414,3 +414,20 @@ def test_torchvision_weights_offline_error(name, kwargs, filename, tmp_path, mon
     assert len(calls) == 1 and calls[0].endswith(filename)
     assert str(tmp_path / "hub" / "checkpoints" / filename) in msg
     assert calls[0] in msg and "TORCH_HOME" in msg and "pretrained=False" in msg
+
+
+def test_vgg_width_scales_every_conv_layer_and_refuses_pretrained_weights():
+    from fer.models.cbam_vgg import vgg16_widths
+
+    assert vgg16_widths(1.0) == (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+    assert vgg16_widths(0.125) == (8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64)
+    m = create_model("vgg16_cbam", width=0.125, img_size=64)
+    convs = [c for c in m.features if isinstance(c, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == list(vgg16_widths(0.125)) and m.num_features == 64
+    # CBAM keeps its ratio 8: 2 * 64 * 8 + 8 + 64 channel MLP, 2 * 3 * 3 spatial
+    assert sum(p.numel() for p in m.attn.parameters()) == 2 * 64 * 8 + 8 + 64 + 18
+    assert m(torch.zeros(2, 3, 64, 64)).shape == (2, 7)
+    with pytest.raises(ValueError, match="width=1.0"):
+        create_model("vgg16_gap", width=0.5, pretrained=True)
+    with pytest.raises(ValueError, match="width"):
+        vgg16_widths(0)

@@ -343,6 +343,31 @@ def test_input_transform_normalises_and_augments_on_device():
     assert gray.shape == (2, 1, 4, 4)
 
 
+
+def test_input_size_resizes_images_and_aligned_maps_on_device():
+    img = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    img[:, :, :, 2:] = 255  # right half white
+    rel = torch.zeros(2, 4, 4)
+    rel[:, :2] = 1.0  # top half relevant
+    t = InputTransform((0.0,), (1.0,), size=8, augment_keys=["relevance"])
+    out = t({"image": img, "relevance": rel})
+    x = out["image"]
+    assert x.shape == (2, 3, 8, 8) and out["relevance"].shape == (2, 8, 8)
+    assert torch.allclose(x[:, :, :, :3], torch.zeros(1)) and torch.allclose(x[:, :, :, 5:], torch.ones(1))
+    assert torch.allclose(out["relevance"][:, :3], torch.ones(1)) and torch.allclose(out["relevance"][:, 5:], torch.zeros(1))
+    labels = torch.tensor([[[0, 1], [2, 3]]])
+    t2 = InputTransform((0.0,), (1.0,), size=4, augment_keys=["parts"])
+    parts = t2({"image": torch.zeros(1, 1, 2, 2), "parts": labels})["parts"]
+    assert parts.dtype == labels.dtype and set(parts.unique().tolist()) == {0, 1, 2, 3}  # nearest, no blending
+    # the config carries it, and the default keeps the stored size
+    cfg = TrainConfig(input_size=8)
+    assert InputTransform.from_config(cfg).size == 8 and InputTransform.from_config(TrainConfig()).size is None
+    with pytest.raises(ValueError, match="input_size"):
+        TrainConfig(input_size=0)
+    with pytest.raises(ValueError, match="class_weight_mean"):
+        TrainConfig(class_weight_mean="mean")
+
+
 # ----------------------------------------------------------------------------- files and checkpoints
 
 

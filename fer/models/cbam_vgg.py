@@ -83,6 +83,12 @@ with an error naming the file when offline).
    (timm's ``adapt_input_conv``) and ``pretrained_cfg`` averages mean/std.
 
 .. note::
+   **Width** (not in the paper). ``VggFer(width=...)`` scales every conv layer's
+   channels (``width=0.125``: 8 ... 64 channels), so that the book's ``demo`` profile
+   can train the same 13-layer architecture on a 2-core CPU. ``width=1`` (default) is
+   VGG16; pretrained weights exist only for it.
+
+.. note::
    **ReLUs are not in-place** in the conv bases built here (torchvision's are), so
    hooks and Grad-CAM on any intermediate conv output see the pre-activation values.
 """
@@ -117,6 +123,7 @@ __all__ = [
     "SmallCnn",
     "BackboneFer",
     "make_vgg16_features",
+    "vgg16_widths",
     "vggface_path",
     "load_vggface",
     "small_cnn",
@@ -215,20 +222,31 @@ class ClassifierHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-def make_vgg16_features(in_chans: int = 3, act_layer: Type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def vgg16_widths(width: float = 1.0) -> Tuple[int, ...]:
+    """Output channels of VGG16's 13 conv layers scaled by ``width`` (at least 1 each)."""
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return tuple(max(1, int(round(int(v) * width))) for v in VGG16_CFG if v != "M")
+
+
+def make_vgg16_features(
+    in_chans: int = 3, act_layer: Type[nn.Module] = nn.ReLU, width: float = 1.0
+) -> nn.Sequential:
     """VGG16's conv base, with torchvision's indices (``features.0`` = conv1_1, ...).
 
-    Ends with the fifth max pool: ``512 x H/32 x W/32``. Activations are built as
-    ``act_layer()`` (not in-place).
+    Ends with the fifth max pool: ``512 * width x H/32 x W/32``. Activations are built
+    as ``act_layer()`` (not in-place). ``width`` scales every layer's channels.
     """
     layers: List[nn.Module] = []
     channels = in_chans
+    widths = iter(vgg16_widths(width))
     for v in VGG16_CFG:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
-            layers += [nn.Conv2d(channels, int(v), kernel_size=3, padding=1), act_layer()]
-            channels = int(v)
+            out = next(widths)
+            layers += [nn.Conv2d(channels, out, kernel_size=3, padding=1), act_layer()]
+            channels = out
     features = nn.Sequential(*layers)
     for m in features.modules():
         if isinstance(m, nn.Conv2d):
@@ -335,6 +353,8 @@ class VggFer(_FerCnn):
         hidden_dims: classifier hidden widths.
         drop_rate: dropout before each hidden layer.
         act_layer: activation of conv base and classifier.
+        width: multiplies every conv layer's channels (``1.0``: VGG16; see the
+            module note); the attention then sees ``round(512 * width)`` channels.
     """
 
     def __init__(
@@ -347,6 +367,7 @@ class VggFer(_FerCnn):
         hidden_dims: Sequence[int] = (512, 512),
         drop_rate: float = 0.5,
         act_layer: Type[nn.Module] = nn.ReLU,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         if img_size < 32:
@@ -354,8 +375,9 @@ class VggFer(_FerCnn):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.img_size = img_size
-        self.num_features = 512
-        self.features = make_vgg16_features(in_chans, act_layer)
+        self.width = float(width)
+        self.num_features = vgg16_widths(width)[-1]
+        self.features = make_vgg16_features(in_chans, act_layer, width)
         self.attn = attn_layer(self.num_features) if attn_layer is not None else nn.Identity()
         side = img_size // 32
         in_features = self.num_features * (side * side if global_pool == "flatten" else 1)
@@ -643,6 +665,9 @@ def _build_vgg(
 ) -> VggFer:
     model = VggFer(**kwargs)
     model.pretrained_cfg = _vgg_cfg(weights, model.in_chans, model.img_size, model.num_classes)
+    if pretrained and model.width != 1.0:
+        raise ValueError(f"pretrained weights exist only for width=1.0 (VGG16), got width={model.width}; "
+                         f"pass pretrained=False or width=1.0")
     if pretrained:
         if weights == "vggface":
             load_vggface(model, weights_path)

@@ -50,6 +50,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..._progress import bar_disabled
 from ..labels import CLASSES, LabelCounts
 
 __all__ = [
@@ -428,7 +429,7 @@ class RealFERDataset(LabelCounts, Dataset):
         from tqdm.auto import tqdm
 
         rows = [self.describe(i) | {"label": int(self._targets[i])}
-                for i in tqdm(range(len(self)), disable=not progress, desc=f"{self.name} meta")]
+                for i in tqdm(range(len(self)), disable=bar_disabled(progress), desc=f"{self.name} meta")]
         return pd.DataFrame(rows)
 
     def verify(self, progress: bool = True) -> list[str]:
@@ -442,7 +443,7 @@ class RealFERDataset(LabelCounts, Dataset):
 
         bad: list[int] = []
         paths: list[str] = []
-        for i in tqdm(range(len(self.samples)), disable=not progress, desc=f"verify {self.name}"):
+        for i in tqdm(range(len(self.samples)), disable=bar_disabled(progress), desc=f"verify {self.name}"):
             try:
                 self._load(self.samples[i])
             except (ImageDecodeError, DatasetFormatError) as err:

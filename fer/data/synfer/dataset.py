@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..._progress import bar_disabled
 from ..labels import LabelCounts, resolve_classes
 from .face import (
     ACTION_UNITS,
@@ -293,7 +294,7 @@ class SynFER(LabelCounts, Dataset):
         from tqdm.auto import tqdm
 
         rows = [self.describe(i) | {"label": int(self._targets[i])}
-                for i in tqdm(range(self.n), disable=not progress, desc="SynFER meta")]
+                for i in tqdm(range(self.n), disable=bar_disabled(progress), desc="SynFER meta")]
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------------ drawing

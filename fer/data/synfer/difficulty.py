@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+from ..._progress import bar_disabled
 
 __all__ = ["SmallCNN", "materialize", "fit_probe", "evaluate_probe", "ProbeResult", "difficulty_table"]
 
@@ -48,7 +49,7 @@ def materialize(ds: Dataset, *, batch_size: int = 128, num_workers: int = 0, pro
     """Render a whole dataset into memory: uint8 images (N x 3 x H x W) and labels."""
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     xs, ys = [], []
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for x, y in tqdm(loader, desc=desc, disable=bar_disabled(progress), leave=False):
         xs.append(x)
         ys.append(y)
     return torch.cat(xs), torch.cat(ys)
@@ -85,7 +86,7 @@ def fit_probe(train: tuple[torch.Tensor, torch.Tensor], *, num_classes: int, epo
     steps = epochs * ((n + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc=desc, disable=bar_disabled(progress), leave=False)
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(n, generator=g)

@@ -1,0 +1,626 @@
+"""The VGG16 + CBAM chapter (``book/cbam_vgg/``): protocol, data and runs.
+
+Paper: A. Ghimire, S. Shrestha and Y. Ibrahim, *Facial Expression Recognition Using
+Attention Technique*, 2020. The models are in :mod:`fer.models.cbam_vgg`; this module
+holds what the chapter's notebooks share:
+
+* the paper's reported numbers as data: :data:`FIGURE7` (validation and test accuracy
+  of every convolutional base), :data:`FIGURE6` (FER2013 class counts),
+  :data:`CBAM_PARAMS_CLAIM`, :data:`KAGGLE_TOP`;
+* :class:`Setup`, built from a notebook's parameters (profile, sizes, epochs, input
+  size, width, what "pre-trained" means in that profile);
+* :func:`load_data`: FER2013 from ``data_root`` in ``paper``, SynFER's ``fer2013``
+  stand-in otherwise, cached once as uint8;
+* :func:`train_config` and :func:`run_row`: one protocol for every row of the paper's
+  Figure 7 and for the proposed model, trained through :func:`fer.runs.run` (so the
+  Experiment and Results pages share one cache);
+* :func:`face_pretrain`: the stand-in for VGG-Face in the SynFER profiles;
+* explanation helpers for the Results page: :func:`explain_set`,
+  :func:`gradcam_maps`, :func:`cbam_spatial_maps`, :func:`localisation_table`.
+
+.. note::
+   **The protocol** (the paper gives the optimiser and the unfreezing, not the epochs or
+   the batch size). Models that start from pre-trained weights are trained in
+   ``1 + unfreeze`` stages: the conv base frozen while CBAM and the classifier learn at
+   ``lr`` (Adam, 1e-3 as in the paper), then the last conv layer, then the last two,
+   then the last three are unfrozen, the learning rate divided by 10 at each step
+   (1e-3, 1e-4, 1e-5, 1e-6). Each stage starts a fresh Adam, as recompiling a Keras
+   model does. Models without pre-trained weights (the small CNN, and in the SynFER
+   profiles every row that needs ImageNet weights) train all layers at ``lr`` for the
+   same total number of epochs. All rows use the class weights of equation (5) and
+   horizontal flips; the paper's "image generator" is not described further. The
+   final weights are evaluated (no early stopping on the validation set).
+
+.. note::
+   **"Pre-trained on VGG-Face" without VGG-Face.** The SynFER profiles cannot download
+   VGG-Face, and a frozen random conv base would make the staged protocol meaningless.
+   So the ``smoke`` and ``demo`` profiles stand in for it the way VGG-Face was made:
+   the same VGG16 conv base is first trained to recognise ``pretrain_identities``
+   SynFER identities (face recognition, not expressions; different faces and seeds
+   from the expression data) by :func:`face_pretrain`, and that conv base is what
+   "pre-trained on VGG-Face" loads. The ``paper`` profile loads the real VGG-Face
+   weights (:func:`fer.models.load_vggface`) and torchvision's ImageNet weights.
+
+.. note::
+   **Rows that cannot be built.** Row (c), ResNet-50 pre-trained on VGGFace2, needs
+   weights that no library we depend on provides; it is listed with the paper's
+   numbers only.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import CLASSES_7
+from ..data.synfer import SynFER
+from ..data.synfer.variants import FER2013_COUNTS
+from ..explain import cam, capture, localisation_scores
+from ..losses import inverse_frequency_weights
+from ..models import create_model, load_vggface
+from ..runs import Run, RunResult, run
+from ..train import CachedDataset, InputTransform, TrainConfig, cache_dataset, unfreeze_stages
+
+__all__ = [
+    "PAPER",
+    "PaperRow",
+    "FIGURE7",
+    "FIGURE6",
+    "KAGGLE_TOP",
+    "CBAM_PARAMS_CLAIM",
+    "PAPER_PROTOCOL",
+    "Setup",
+    "ChapterData",
+    "profile_setups",
+    "load_data",
+    "training_counts",
+    "face_pretrain",
+    "build_model",
+    "row_weights",
+    "buildable",
+    "train_config",
+    "run_row",
+    "row_label",
+    "figure7_table",
+    "schedule_table",
+    "cbam_parameter_check",
+    "class_weight_table",
+    "explain_set",
+    "input_transform",
+    "gradcam_maps",
+    "cbam_spatial_maps",
+    "localisation_table",
+]
+
+PAPER = ("A. Ghimire, S. Shrestha and Y. Ibrahim, Facial Expression Recognition Using Attention "
+         "Technique, 2020")
+
+Weights = Literal["vggface", "imagenet", "vggface2"]
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of the paper's Figure 7 (accuracy in %)."""
+
+    key: str
+    label: str
+    model: str
+    weights: Weights | None
+    val: float
+    test: float
+
+
+#: The paper's Figure 7: validation (FER2013 PublicTest) and test (PrivateTest) accuracy.
+FIGURE7: tuple[PaperRow, ...] = (
+    PaperRow("a", "Small Convolutional Network + Classifier", "small_cnn", None, 20.70, 20.28),
+    PaperRow("b", "ResNet50 pre-trained on ImageNet + Classifier", "resnet50", "imagenet", 25.24, 25.01),
+    PaperRow("c", "ResNet50 pre-trained on VGGFace + Classifier", "resnet50", "vggface2", 25.80, 26.45),
+    PaperRow("d", "VGG16 pre-trained on ImageNet + Flatten + Classifier", "vgg16_flatten", "imagenet", 33.80, 32.20),
+    PaperRow("e", "InceptionV3 pre-trained on ImageNet + GAP + Classifier", "inception_v3", "imagenet", 58.76, 60.78),
+    PaperRow("f", "VGG16 pre-trained on VGGFace + Flatten + Classifier", "vgg16_flatten", "vggface", 60.25, 61.01),
+    PaperRow("g", "VGG16 pre-trained on VGGFace + GAP + Classifier", "vgg16_gap", "vggface", 68.78, 69.67),
+    PaperRow("cbam", "VGG16 pre-trained on VGGFace + Attention + GAP + Classifier", "vgg16_cbam", "vggface",
+             70.78, 71.43),
+)
+_ROWS = {r.key: r for r in FIGURE7}
+#: The paper's Figure 6: FER2013 images per class and split (canonical class names).
+FIGURE6: dict[str, dict[str, int]] = {split: dict(c) for split, c in FER2013_COUNTS.items()}
+#: Kaggle leaderboard winner the paper compares with (public = val, private = test), in %.
+KAGGLE_TOP = {"val": 69.76, "test": 71.16}
+#: "by just addition of 66K extra parameters".
+CBAM_PARAMS_CLAIM = 66_000
+#: What the paper states about training.
+PAPER_PROTOCOL = {"optimizer": "adam", "lr": 1e-3, "lr_factor": 0.1, "unfreeze": 3, "input_size": 224,
+                  "class_weights": "equation (5)"}
+
+#: Conv base width and input size of each model family at ``width`` < 1 (``vgg*`` only).
+_WIDTH_MODELS = ("vgg16_flatten", "vgg16_gap", "vgg16_cbam")
+
+
+# =========================================================================== setup
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A profile's choices for the chapter, from the notebooks' ``parameters`` cell.
+
+    Args:
+        profile: ``smoke``, ``demo`` or ``paper``.
+        data_root: folder holding ``fer2013/`` (``paper``); ignored otherwise.
+        n_train, n_val, n_test: faces per split (``None``: all, the ``paper`` default).
+        input_size: model input side; FER2013's 48 px faces are resized to it on the
+            device (paper: 224).
+        width: VGG conv-base width multiplier (paper: 1.0); the small CNN's widths
+            are scaled by the same factor.
+        stage_epochs: epochs of the head stage and of each unfreezing stage (their sum
+            is the epochs of models trained from scratch).
+        batch_size, lr, seed: as in :class:`fer.train.TrainConfig`.
+        pretrain_identities, pretrain_n, pretrain_epochs: the VGG-Face stand-in
+            (:func:`face_pretrain`, SynFER profiles only).
+        device: ``auto``, ``cpu``, ``cuda``.
+    """
+
+    profile: str = "smoke"
+    data_root: str | None = None
+    n_train: int | None = 96
+    n_val: int | None = 48
+    n_test: int | None = 48
+    input_size: int = 64
+    width: float = 0.0625
+    stage_epochs: tuple[int, ...] = (1, 1, 1, 1)
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    pretrain_identities: int = 8
+    pretrain_n: int = 96
+    pretrain_epochs: int = 1
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.profile not in ("smoke", "demo", "paper"):
+            raise ValueError(f"profile must be smoke, demo or paper, got {self.profile!r}")
+        object.__setattr__(self, "stage_epochs", tuple(int(e) for e in self.stage_epochs))
+        if len(self.stage_epochs) < 1 or min(self.stage_epochs) < 1:
+            raise ValueError(f"stage_epochs needs the head stage and >= 1 epoch per stage, got {self.stage_epochs}")
+
+    @property
+    def synthetic(self) -> bool:
+        """``True`` in the SynFER profiles (``smoke``, ``demo``)."""
+        return self.profile != "paper"
+
+    @property
+    def unfreeze(self) -> int:
+        """Conv layers unfrozen one at a time after the head stage (paper: 3)."""
+        return len(self.stage_epochs) - 1
+
+    @property
+    def epochs(self) -> int:
+        return sum(self.stage_epochs)
+
+    @property
+    def data_name(self) -> str:
+        return "FER2013" if not self.synthetic else "SynFER fer2013 stand-in"
+
+    def scale(self, data: ChapterData | None = None) -> str:
+        """One line for the page banner: sizes, input, width, epochs."""
+        sizes = (f"{len(data.train)}/{len(data.val)}/{len(data.test)} faces (train/val/test)" if data is not None
+                 else f"n = {self.n_train}/{self.n_val}/{self.n_test}")
+        width = "VGG16 full width" if self.width == 1 else f"VGG16 at width {self.width:g} (channels x {self.width:g})"
+        stages = " + ".join(str(e) for e in self.stage_epochs)
+        return (f"{sizes}; 48 px faces resized to {self.input_size} px; {width}; "
+                f"epochs {stages} (head + {self.unfreeze} unfreezing stages), batch {self.batch_size}")
+
+    @classmethod
+    def from_params(cls, **params: Any) -> Setup:
+        """From notebook parameters; names that are not fields of :class:`Setup` are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in params.items() if k in names}
+        if "stage_epochs" in kw:
+            kw["stage_epochs"] = tuple(kw["stage_epochs"])
+        return cls(**kw)
+
+    def resolved_device(self) -> str:
+        from ..book import resolve_device
+
+        return resolve_device(None if self.device == "auto" else self.device)
+
+
+#: The notebook whose ``book/profiles.yml`` entry defines each profile's :class:`Setup`.
+SETUP_NOTEBOOK = "book/cbam_vgg/experiment1.ipynb"
+
+
+def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
+    """Every profile's :class:`Setup`: ``smoke`` = the defaults, ``demo``/``paper`` from ``book/profiles.yml``."""
+    from ..book import find_root, load_profiles
+
+    book_root = find_root(root)
+    out = {"smoke": Setup()}
+    for prof in ("demo", "paper"):
+        params = load_profiles(book_root, prof).get(SETUP_NOTEBOOK)
+        if params is not None:
+            out[prof] = Setup.from_params(profile=prof, **params)
+    return out
+
+
+# =========================================================================== data
+
+
+@dataclass
+class ChapterData:
+    """The three splits, cached as uint8, and where they came from."""
+
+    train: CachedDataset
+    val: CachedDataset
+    test: CachedDataset
+    source: str
+    classes: tuple[str, ...] = CLASSES_7
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Training faces per class (canonical order)."""
+        return dict(self.train.class_counts)
+
+
+def _subset(ds: CachedDataset, n: int | None, seed: int) -> CachedDataset:
+    if n is None or n >= len(ds):
+        return ds
+    idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
+    return ds.subset(idx)
+
+
+def load_data(setup: Setup, *, progress: bool = True) -> ChapterData:
+    """FER2013 (``paper``: ``data_root/fer2013``) or SynFER's ``fer2013`` stand-in.
+
+    The real splits are the paper's: Training / PublicTest (``val``) / PrivateTest
+    (``test``); ``n_*`` draws a fixed random subset when set. SynFER follows the
+    published FER2013 class proportions of each split.
+    """
+    sizes = {"train": setup.n_train, "val": setup.n_val, "test": setup.n_test}
+    if setup.synthetic:
+        parts = {split: cache_dataset(SynFER("fer2013", split, n=n, seed=setup.seed), progress=progress,
+                                      desc=f"SynFER fer2013 {split}") for split, n in sizes.items()}
+        return ChapterData(**parts, source="SynFER fer2013 stand-in (48 px gray, FER2013 class proportions)")
+    if setup.data_root is None:
+        raise FileNotFoundError(
+            "the paper profile trains on FER2013, but no data root was given. Fix: place Kaggle's "
+            "fer2013.csv as <DATA_ROOT>/fer2013/fer2013.csv (see data/README.md) and run "
+            "`make book PROFILE=paper DATA_ROOT=<DATA_ROOT> ONLY='book/cbam_vgg/*'`")
+    from ..data import load_dataset
+
+    parts = {}
+    for split, n in sizes.items():
+        ds = load_dataset("fer2013", setup.data_root, split)
+        parts[split] = _subset(cache_dataset(ds, progress=progress, desc=f"FER2013 {split}"), n, setup.seed)
+    return ChapterData(**parts, source=f"FER2013 from {Path(setup.data_root) / 'fer2013'}")
+
+
+def training_counts(setup: Setup) -> tuple[dict[str, int], str]:
+    """Training images per class (canonical order) and where they come from, without decoding images.
+
+    SynFER draws its labels without rendering; FER2013 reads its CSV's labels.
+    """
+    if setup.synthetic:
+        ds = SynFER("fer2013", "train", n=setup.n_train, seed=setup.seed)
+        return dict(ds.class_counts), f"SynFER fer2013 stand-in, n = {len(ds)}"
+    if setup.data_root is None:
+        load_data(setup)  # raises the error that says what is missing
+    from ..data import load_dataset
+
+    ds = load_dataset("fer2013", setup.data_root, "train")
+    counts = dict(ds.class_counts)
+    if setup.n_train is not None and setup.n_train < len(ds):
+        counts = dict(load_data(setup, progress=False).train.class_counts)
+    return counts, f"FER2013 training set under {setup.data_root}"
+
+
+# =========================================================================== models and runs
+
+
+def _run_name(setup: Setup, what: str) -> str:
+    return f"cbam_vgg-{setup.profile}-{what}"
+
+
+def _identity_data(setup: Setup, split: str, n: int, progress: bool) -> CachedDataset:
+    ds = SynFER("fer2013", split, n=n, seed=setup.seed + 1000, identities=setup.pretrain_identities,
+                class_balance="uniform")
+    cached = cache_dataset(ds, progress=progress, desc=f"SynFER identities {split}")
+    ids = torch.as_tensor(ds.identities(), dtype=torch.long)
+    return CachedDataset({"image": cached.images, "label": ids},
+                         classes=tuple(f"id{i}" for i in range(setup.pretrain_identities)),
+                         source_fingerprint=f"{ds.fingerprint()}:identity", name=f"SynFER identities {split}")
+
+
+def face_pretrain(setup: Setup, *, progress: bool = True) -> RunResult:
+    """The VGG-Face stand-in: VGG16 (at ``setup.width``) trained to tell SynFER identities apart.
+
+    ``pretrain_n`` faces of ``pretrain_identities`` people (every expression, the
+    FER2013-like rendering, a seed the expression data never uses), all layers trained
+    from scratch with Adam for ``pretrain_epochs``; a tenth as many faces of the same
+    people score it. Only its conv base is reused (:func:`build_model`).
+    """
+    if not setup.synthetic:
+        raise ValueError("face_pretrain is the SynFER profiles' stand-in; the paper profile loads VGG-Face")
+    # Identities are drawn per sample from the pool, so "train" and "val" share people
+    # only when both come from one split: hold out the tail of one draw.
+    n_val = max(setup.pretrain_identities, setup.pretrain_n // 10)
+    full = _identity_data(setup, "train", setup.pretrain_n + n_val, progress)
+    train, val = full.subset(np.arange(setup.pretrain_n)), full.subset(np.arange(setup.pretrain_n, len(full)))
+    config = TrainConfig(epochs=setup.pretrain_epochs, batch_size=setup.batch_size, optimizer="adam", lr=setup.lr,
+                         input_size=setup.input_size, hflip=True, seed=setup.seed,
+                         cpu=setup.resolved_device() == "cpu")
+    build = partial(create_model, "vgg16_gap", num_classes=setup.pretrain_identities, img_size=setup.input_size,
+                    width=setup.width)
+    return run(_run_name(setup, "face-pretrain"), config, build, train, val, progress=progress)
+
+
+def row_weights(row: str | PaperRow, setup: Setup) -> str | None:
+    """The weights row ``row`` starts from in this profile, or ``None`` (from scratch).
+
+    ``"vggface"`` (the file), ``"synfer-face"`` (:func:`face_pretrain`), ``"imagenet"``
+    (torchvision); rows that need ImageNet weights train from scratch in the SynFER
+    profiles (no download), and VGGFace2 weights are never available.
+    """
+    r = _ROWS[row] if isinstance(row, str) else row
+    if r.weights == "vggface":
+        return "synfer-face" if setup.synthetic else "vggface"
+    if r.weights == "imagenet":
+        return None if setup.synthetic else "imagenet"
+    return None
+
+
+def buildable(row: str | PaperRow) -> bool:
+    """Whether a row can be trained at all (row (c) cannot: no VGGFace2 ResNet-50 weights)."""
+    r = _ROWS[row] if isinstance(row, str) else row
+    return r.weights != "vggface2"
+
+
+def build_model(name: str, *, input_size: int, width: float = 1.0, weights: str | None = None,
+                face_run: str | None = None, num_classes: int = 7) -> nn.Module:
+    """A Figure 7 model at this chapter's scale, with its starting weights loaded.
+
+    Args:
+        name: a :mod:`fer.models.cbam_vgg` model name.
+        input_size: model input side (sets ``img_size``).
+        width: conv width multiplier: VGG models take it as is; the small CNN scales its
+            widths by it; ResNet-50 and Inception-v3 have none (must be 1 or ignored).
+        weights: ``None``, ``"vggface"``, ``"imagenet"`` or ``"synfer-face"``.
+        face_run: the :func:`face_pretrain` run folder, or its name under the runs root
+            (for ``"synfer-face"``).
+    """
+    kw: dict[str, Any] = {"num_classes": num_classes, "img_size": input_size}
+    if name in _WIDTH_MODELS:
+        kw["width"] = width
+    elif name == "small_cnn":
+        kw["widths"] = tuple(max(4, int(round(c * width))) for c in (32, 64, 128, 256))
+    if weights == "imagenet":
+        return create_model(name, pretrained=True, weights="imagenet", **kw) if name in _WIDTH_MODELS \
+            else create_model(name, pretrained=True, **kw)
+    model = create_model(name, **kw)
+    if weights == "vggface":
+        load_vggface(model)
+    elif weights == "synfer-face":
+        if face_run is None:
+            raise ValueError("weights='synfer-face' needs face_run, the face_pretrain run folder")
+        state = Run.load(face_run).checkpoint()["model"]
+        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        model.features.load_state_dict(feats)
+    elif weights is not None:
+        raise ValueError(f"weights must be None, 'vggface', 'imagenet' or 'synfer-face', got {weights!r}")
+    return model
+
+
+def _last_conv_paths(model: nn.Module, n: int) -> list[str]:
+    paths = {id(m): p for p, m in model.named_modules()}
+    return [paths[id(conv)] for _, conv in model.conv_layers()[:n]]
+
+
+def train_config(setup: Setup, model: nn.Module, *, pretrained: bool) -> TrainConfig:
+    """The chapter's one protocol (module note): staged for pre-trained bases, else all layers.
+
+    Normalisation follows the starting weights (VGG-Face: mean pixel, std 1/255;
+    ImageNet: its mean/std); the SynFER stand-in and models from scratch use 0.5/0.5.
+    The input side is ``setup.input_size``, raised to the model's ``min_size`` where it
+    has one (Inception-v3 needs 75 px).
+    """
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    real_weights = pretrained and not setup.synthetic
+    mean = tuple(cfg.get("mean", (0.5,) * 3)) if real_weights else (0.5, 0.5, 0.5)
+    std = tuple(cfg.get("std", (0.5,) * 3)) if real_weights else (0.5, 0.5, 0.5)
+    stages = []
+    if pretrained:
+        head = ["head"] + (["attn"] if any(True for _ in model.attn.parameters()) else [])
+        stages = unfreeze_stages(head=head, layers=_last_conv_paths(model, setup.unfreeze),
+                                 epochs=list(setup.stage_epochs))
+    return TrainConfig(epochs=setup.epochs, stages=stages, batch_size=setup.batch_size, optimizer="adam",
+                       lr=setup.lr, class_weights="inverse", hflip=True,
+                       input_size=max(setup.input_size, int(getattr(model, "min_size", 0))),
+                       mean=mean, std=std, seed=setup.seed, cpu=setup.resolved_device() == "cpu")
+
+
+def run_row(setup: Setup, data: ChapterData, row: str, *, face: RunResult | None = None,
+            progress: bool = True) -> RunResult:
+    """Train (or load) Figure 7's row ``row`` (``"a"`` ... ``"g"``, ``"cbam"``) under the protocol.
+
+    ``face`` is the :func:`face_pretrain` result for rows starting from VGG-Face in
+    the SynFER profiles (trained here when not given).
+    """
+    r = _ROWS[row]
+    if not buildable(r):
+        raise ValueError(f"row ({row}) {r.label!r} cannot be built: no VGGFace2 ResNet-50 weights")
+    weights = row_weights(r, setup)
+    face_run = None
+    if weights == "synfer-face":
+        face = face if face is not None else face_pretrain(setup, progress=progress)
+        face_run = str(face.path)
+    # The pre-training run is named by its folder (name-hash) under the runs root, so the
+    # hash of this run follows it and does not depend on where the repository lives.
+    face_name = None if face_run is None else Path(face_run).name
+    build = partial(build_model, r.model, input_size=setup.input_size, width=setup.width, weights=weights,
+                    face_run=face_name)
+    probe = build_model(r.model, input_size=setup.input_size, width=setup.width)
+    config = train_config(setup, probe, pretrained=weights is not None)
+    spec = {"row": r.key, "model": r.model, "weights": weights, "width": setup.width,
+            "face_run": face_name}
+    return run(_run_name(setup, f"{r.key}-{r.model}"), config, build, data.train, data.val,
+               eval_sets={"test": data.test}, spec=spec, progress=progress)
+
+
+def row_label(row: str, setup: Setup) -> str:
+    """What row ``row`` is in this profile, e.g. "vgg16_gap, SynFER-face stand-in"."""
+    r = _ROWS[row]
+    w = row_weights(r, setup)
+    start = {"vggface": "VGG-Face", "imagenet": "ImageNet", "synfer-face": "SynFER face stand-in",
+             None: "from scratch"}[w]
+    return f"{r.model} ({start})"
+
+
+def figure7_table(results: Mapping[str, RunResult], setup: Setup, *, splits: Sequence[str] = ("val", "test")
+                  ) -> list[dict[str, Any]]:
+    """Rows for :func:`fer.plots.paper_vs_ours`: every Figure 7 row, ours where it was run."""
+    out = []
+    for r in FIGURE7:
+        res = results.get(r.key)
+        for split in splits:
+            ours = None if res is None else 100.0 * float(res.metrics[split]["accuracy"])
+            out.append({"model": f"({r.key}) {r.label}" if r.key != "cbam" else f"proposed: {r.label}",
+                        "ours as": row_label(r.key, setup) if buildable(r) else "not buildable",
+                        "split": split, "paper": getattr(r, split), "ours": ours})
+    return out
+
+
+def schedule_table(setup: Setup, *, model: str = "vgg16_cbam", full_size: bool = True):
+    """The staged schedule of a pre-trained ``model``: per stage, its epochs, learning rate,
+    conv layers trained and trainable parameters (a ``DataFrame``).
+
+    ``full_size``: count on the paper's full-width model (else at ``setup``'s scale).
+    """
+    import pandas as pd
+
+    from ..train import apply_stage
+
+    m = (create_model(model, num_classes=7) if full_size
+         else build_model(model, input_size=setup.input_size, width=setup.width))
+    cfg = train_config(setup, m, pretrained=True)
+    paths = {id(mod): p for p, mod in m.named_modules()}
+    conv_name = {paths[id(conv)]: name for name, conv in m.conv_layers()}
+    rows = []
+    for stage in cfg.stages:
+        trainable = apply_stage(m, stage)
+        convs = [conv_name[p] for p in stage.trainable or [] if p in conv_name]
+        rows.append({"stage": stage.name, "epochs": stage.epochs, "learning rate": cfg.stage_lr(stage),
+                     "conv layers trained": ", ".join(convs) or "none (base frozen)",
+                     "trainable parameters": sum(p.numel() for p in trainable)})
+    return pd.DataFrame(rows)
+
+
+# =========================================================================== method facts
+
+
+def cbam_parameter_check(**cbam_kw: Any) -> dict[str, int]:
+    """Parameters CBAM adds to the full-width VGG16 (``vgg16_cbam`` minus ``vgg16_gap``) and the claim.
+
+    Keyword arguments go to ``vgg16_cbam`` (``cbam_rd_ratio``, ``cbam_kernel_size``,
+    ``cbam_mlp_bias``, ``cbam_spatial_norm``).
+    """
+    def count(m: nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    gap = create_model("vgg16_gap", num_classes=7)
+    cbam_model = create_model("vgg16_cbam", num_classes=7, **cbam_kw)
+    return {"conv_base": count(gap.features), "classifier": count(gap.head), "vgg16_gap": count(gap),
+            "vgg16_cbam": count(cbam_model), "cbam": count(cbam_model) - count(gap),
+            "cbam_channel": count(cbam_model.attn.channel), "cbam_spatial": count(cbam_model.attn.spatial),
+            "claim": CBAM_PARAMS_CLAIM}
+
+
+def class_weight_table(counts: Mapping[str, int]):
+    """Equation (5) per class: count, share and weight, as a ``DataFrame`` indexed by class."""
+    import pandas as pd
+
+    names = list(counts)
+    n = np.array([counts[c] for c in names], dtype=np.int64)
+    w = inverse_frequency_weights(n).numpy()
+    df = pd.DataFrame({"images": n, "share %": 100.0 * n / n.sum(), "weight (eq. 5)": w}, index=names)
+    df.index.name = "class"
+    return df
+
+
+# =========================================================================== explanations
+
+
+def explain_set(setup: Setup, n: int, *, progress: bool = False) -> CachedDataset:
+    """``n`` class-balanced SynFER ``fer2013`` test faces with their relevance maps.
+
+    A seed of their own, so they are neither training nor test faces of any run. Used
+    in every profile: real FER2013 has no ground truth of where the evidence is.
+    """
+    ds = SynFER("fer2013", "test", n=n, seed=setup.seed + 2000, with_relevance=True, class_balance="uniform")
+    return cache_dataset(ds, keys=("image", "label", "relevance"), progress=progress, desc="SynFER explain set")
+
+
+def input_transform(config: TrainConfig) -> InputTransform:
+    """The evaluation-time input transform of a run's config (resize, normalise)."""
+    return InputTransform(config.mean, config.std, grayscale=config.grayscale, size=config.input_size)
+
+
+def _model_input(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    return input_transform(config)({"image": images})["image"]
+
+
+def gradcam_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *,
+                 targets: Any = None, method: str = "gradcam") -> np.ndarray:
+    """Grad-CAM at ``model.cam_layer`` (CBAM's output for ``vgg16_cbam``), B x S x S in [0, 1].
+
+    ``images``: uint8 B x 3 x 48 x 48 faces; ``targets``: class per image (default:
+    the true labels are not known here, so each image's predicted class).
+    """
+    x = _model_input(images, config)
+    return cam(model, x, targets, method=method)
+
+
+def cbam_spatial_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig) -> np.ndarray:
+    """CBAM's spatial attention map ``M_s`` (equation 4), B x h x w, read with a forward hook."""
+    attn = getattr(model, "attn", None)
+    if attn is None or not hasattr(attn, "spatial_gate"):
+        raise ValueError(f"{type(model).__name__} has no CBAM (model.attn.spatial_gate)")
+    model.eval()
+    with torch.no_grad(), capture(model, {"spatial": attn.spatial_gate}) as maps:
+        model(_model_input(images, config))
+    return maps["spatial"][:, 0].float().numpy()
+
+
+def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: CachedDataset, *,
+                       targets: Literal["label", "predicted"] = "label"):
+    """Where each model looks on SynFER: share of Grad-CAM (and CBAM) energy on the evidence.
+
+    Args:
+        models: name -> (trained model, its run's config).
+        ds: :func:`explain_set` faces (with ``relevance``).
+        targets: explain the true class (default) or the predicted one.
+
+    Returns a ``DataFrame`` with one row per (model, map): energy share and its chance
+    level, pointing-game hit rate and its chance level (:func:`fer.explain.localisation_scores`).
+    """
+    import pandas as pd
+
+    images, labels, rel = ds.images, ds.labels, ds.tensors["relevance"]
+    rows = []
+    for name, (model, config) in models.items():
+        maps = {"Grad-CAM": gradcam_maps(model, images, config,
+                                         targets=labels.tolist() if targets == "label" else None)}
+        attn = getattr(model, "attn", None)
+        if attn is not None and hasattr(attn, "spatial_gate"):
+            maps["CBAM spatial"] = cbam_spatial_maps(model, images, config)
+        for kind, heat in maps.items():
+            s = localisation_scores(heat, rel)
+            rows.append({"model": name, "map": kind, "energy on evidence": s["energy"],
+                         "energy (chance)": s["energy_chance"], "pointing game": s["pointing"],
+                         "pointing (chance)": s["pointing_chance"], "faces": s["num_images"]})
+    return pd.DataFrame(rows)

@@ -1,0 +1,122 @@
+"""fer.experiments.cbam_vgg: the VGG16 + CBAM chapter's protocol, data and runs.
+
+The numbers checked here are the paper's and the architecture's; the runs use the
+``smoke`` scale in a temporary runs folder.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fer.experiments import cbam_vgg as C
+from fer.train import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_paper_numbers_are_the_papers():
+    assert [r.key for r in C.FIGURE7] == ["a", "b", "c", "d", "e", "f", "g", "cbam"]
+    proposed = C.FIGURE7[-1]
+    assert (proposed.model, proposed.val, proposed.test) == ("vgg16_cbam", 70.78, 71.43)
+    assert sum(C.FIGURE6["train"].values()) == 28_709
+    assert sum(C.FIGURE6["val"].values()) == sum(C.FIGURE6["test"].values()) == 3_589
+    assert C.KAGGLE_TOP == {"val": 69.76, "test": 71.16}
+
+
+def test_cbam_adds_the_papers_66k_parameters():
+    counts = C.cbam_parameter_check()
+    assert counts["cbam"] == 66_130 == counts["cbam_channel"] + counts["cbam_spatial"]
+    assert counts["conv_base"] == 14_714_688 and counts["classifier"] == 528_903
+    assert abs(counts["cbam"] - counts["claim"]) / counts["claim"] < 0.01
+    assert C.cbam_parameter_check(cbam_rd_ratio=1 / 16, cbam_mlp_bias=False, cbam_spatial_norm=True)["cbam"] == 32_788
+
+
+def test_class_weight_table_is_equation_5():
+    df = C.class_weight_table(C.FIGURE6["train"])
+    assert df.loc["disgust", "weight (eq. 5)"] == pytest.approx(28_709 / (7 * 436), rel=1e-6)
+    assert (df["images"] * df["weight (eq. 5)"]).to_numpy() == pytest.approx([28_709 / 7] * 7, rel=1e-6)
+
+
+def test_setup_validation_and_profiles_yml():
+    with pytest.raises(ValueError, match="profile"):
+        C.Setup(profile="full")
+    with pytest.raises(ValueError, match="stage_epochs"):
+        C.Setup(stage_epochs=(1, 0))
+    s = C.Setup.from_params(profile="demo", stage_epochs=[4, 2, 2, 2], rows=["a"], n_show=3)
+    assert s.stage_epochs == (4, 2, 2, 2) and s.unfreeze == 3 and s.epochs == 10
+    setups = C.profile_setups()
+    assert set(setups) == {"smoke", "demo", "paper"}
+    paper = setups["paper"]
+    assert (paper.input_size, paper.width, paper.unfreeze, paper.lr) == (224, 1.0, 3, 1e-3)
+    assert paper.n_train is None and not paper.synthetic and setups["demo"].synthetic
+
+
+def test_paper_profile_without_data_names_what_is_missing():
+    with pytest.raises(FileNotFoundError, match=r"fer2013\.csv.*DATA_ROOT"):
+        C.load_data(C.Setup(profile="paper"))
+
+
+def test_weights_per_profile():
+    smoke, paper = C.Setup(), C.Setup(profile="paper")
+    assert C.row_weights("g", smoke) == "synfer-face" and C.row_weights("g", paper) == "vggface"
+    assert C.row_weights("b", smoke) is None and C.row_weights("b", paper) == "imagenet"
+    assert C.row_weights("a", paper) is None
+    assert not C.buildable("c") and C.buildable("cbam")
+    with pytest.raises(ValueError, match="VGGFace2"):
+        C.run_row(smoke, None, "c")  # refused before any data is touched
+
+
+def test_protocol_stages_unfreeze_the_last_three_conv_layers():
+    s = C.Setup(stage_epochs=(2, 1, 1, 1), lr=1e-3)
+    model = C.build_model("vgg16_cbam", input_size=64, width=0.0625)
+    cfg = C.train_config(s, model, pretrained=True)
+    assert cfg.epochs == 5 and cfg.class_weights == "inverse" and cfg.class_weight_mean == "batch"
+    assert cfg.optimizer == "adam" and cfg.input_size == 64 and cfg.hflip
+    assert [st.trainable for st in cfg.stages] == [
+        ["head", "attn"], ["head", "attn", "features.28"], ["head", "attn", "features.28", "features.26"],
+        ["head", "attn", "features.28", "features.26", "features.24"]]
+    assert [cfg.stage_lr(st) for st in cfg.stages] == pytest.approx([1e-3, 1e-4, 1e-5, 1e-6])
+    scratch = C.train_config(s, C.build_model("small_cnn", input_size=64, width=0.0625), pretrained=False)
+    assert scratch.stages == [] and scratch.epochs == 5
+    inception = C.train_config(s, C.build_model("inception_v3", input_size=64), pretrained=False)
+    assert inception.input_size == 75  # raised to the model's minimum
+    table = C.schedule_table(s)
+    assert table["conv layers trained"].tolist()[-1] == "conv5_3, conv5_2, conv5_1"
+    assert table["trainable parameters"].tolist() == [595_033, 2_954_841, 5_314_649, 7_674_457]
+
+
+def test_build_model_scales_and_loads_the_face_stand_in(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_RUNS", str(tmp_path))
+    small = C.build_model("small_cnn", input_size=64, width=0.125)
+    assert [b[0].out_channels for b in small.features] == [4, 8, 16, 32]
+    s = C.Setup()
+    face = C.face_pretrain(s, progress=False)
+    assert face.path.name.startswith("cbam_vgg-smoke-face-pretrain-")
+    m = C.build_model("vgg16_gap", input_size=64, width=s.width, weights="synfer-face", face_run=face.path.name)
+    assert torch.equal(m.features[0].weight, face.model.features[0].weight)
+    with pytest.raises(ValueError, match="face_run"):
+        C.build_model("vgg16_gap", input_size=64, width=s.width, weights="synfer-face")
+
+
+def test_a_row_trains_once_then_loads_and_explains(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_RUNS", str(tmp_path))
+    s = C.Setup(n_train=32, n_val=16, n_test=16, stage_epochs=(1, 1), pretrain_n=32)
+    data = C.load_data(s, progress=False)
+    assert len(data.train) == 32 and data.train.images.shape[1:] == (3, 48, 48)
+    first = C.run_row(s, data, "cbam", progress=False)
+    again = C.run_row(s, data, "cbam", progress=False)
+    assert not first.cached and again.cached and again.metrics == first.metrics
+    assert [h["stage_name"] for h in first.history] == ["head", "unfreeze-1"]
+    table = C.figure7_table({"cbam": first}, s)
+    assert len(table) == 2 * len(C.FIGURE7)
+    assert [r["ours"] is None for r in table].count(False) == 2
+    ex = C.explain_set(s, 4)
+    cfg = first.run.config
+    assert isinstance(cfg, TrainConfig)
+    maps = C.gradcam_maps(first.model, ex.images, cfg, targets=ex.labels.tolist())
+    assert maps.shape == (4, 64, 64)
+    spatial = C.cbam_spatial_maps(first.model, ex.images, cfg)
+    assert spatial.shape == (4, 2, 2) and ((spatial >= 0) & (spatial <= 1)).all()
+    loc = C.localisation_table({"cbam": (first.model, cfg)}, ex)
+    assert loc["map"].tolist() == ["Grad-CAM", "CBAM spatial"]
+    assert ((loc["energy on evidence"] >= 0) & (loc["energy on evidence"] <= 1)).all()
