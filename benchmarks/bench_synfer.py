@@ -9,10 +9,8 @@ process with OpenCV threading off; the loader figure uses all cores through
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from fer.data import SynFER
 from fer.data.synfer import VARIANTS, throughput
+from fer.train import atomic_write_json
 
 
 def _loader_rate(variant: str, size: int, n: int, workers: int) -> float:
@@ -59,12 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         "loader": {"variant": "wild", "image_size": args.size, "workers": workers,
                    "images_per_second": round(loader, 1)},
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out, delete=False, suffix=".tmp") as fh:
-        json.dump(result, fh, indent=2)
-    os.replace(fh.name, out / "synfer.json")
-    print(f"wrote {out / 'synfer.json'}")
+    path = atomic_write_json(Path(args.out) / "synfer.json", result)
+    print(f"wrote {path}")
     return 0
 
 

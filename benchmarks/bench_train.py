@@ -42,7 +42,6 @@ Prints a table and writes ``<out>/train.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -67,6 +66,7 @@ from fer.train import (
     CachedDataset,
     InputTransform,
     TrainConfig,
+    atomic_write_json,
     cache_dataset,
     collate_items,
     fit,
@@ -390,12 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio > 1: fer is faster. Wall time {wall:.1f} s; 1-min load average {load['start']} -> {load['end']} "
           f"on {os.cpu_count()} cores (a load above the core count means other processes skewed the rates).")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out, delete=False, suffix=".tmp") as fh:
-        json.dump(result, fh, indent=2)
-    os.replace(fh.name, out / "train.json")
-    print(f"wrote {out / 'train.json'}")
+    path = atomic_write_json(Path(args.out) / "train.json", result)
+    print(f"wrote {path}")
     return 0
 
 

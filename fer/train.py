@@ -64,8 +64,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
-from ._progress import bar_disabled
 
+from ._progress import bar_disabled
 from .losses import inverse_frequency_weights as class_weights_inverse  # equation (5), kept here for callers
 
 __all__ = [

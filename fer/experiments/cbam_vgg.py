@@ -140,7 +140,7 @@ CBAM_PARAMS_CLAIM = 66_000
 PAPER_PROTOCOL = {"optimizer": "adam", "lr": 1e-3, "lr_factor": 0.1, "unfreeze": 3, "input_size": 224,
                   "class_weights": "equation (5)"}
 
-#: Conv base width and input size of each model family at ``width`` < 1 (``vgg*`` only).
+#: Models that take the ``width`` multiplier as is (the small CNN scales its widths instead).
 _WIDTH_MODELS = ("vgg16_flatten", "vgg16_gap", "vgg16_cbam")
 
 
@@ -275,6 +275,15 @@ def _subset(ds: CachedDataset, n: int | None, seed: int) -> CachedDataset:
     return ds.subset(idx)
 
 
+def _data_root(setup: Setup) -> str:
+    if setup.data_root is None:
+        raise FileNotFoundError(
+            "the paper profile trains on FER2013, but no data root was given. Fix: place Kaggle's "
+            "fer2013.csv as <DATA_ROOT>/fer2013/fer2013.csv (see data/README.md) and run "
+            "`make book PROFILE=paper DATA_ROOT=<DATA_ROOT> ONLY='book/cbam_vgg/*'`")
+    return setup.data_root
+
+
 def load_data(setup: Setup, *, progress: bool = True) -> ChapterData:
     """FER2013 (``paper``: ``data_root/fer2013``) or SynFER's ``fer2013`` stand-in.
 
@@ -287,37 +296,32 @@ def load_data(setup: Setup, *, progress: bool = True) -> ChapterData:
         parts = {split: cache_dataset(SynFER("fer2013", split, n=n, seed=setup.seed), progress=progress,
                                       desc=f"SynFER fer2013 {split}") for split, n in sizes.items()}
         return ChapterData(**parts, source="SynFER fer2013 stand-in (48 px gray, FER2013 class proportions)")
-    if setup.data_root is None:
-        raise FileNotFoundError(
-            "the paper profile trains on FER2013, but no data root was given. Fix: place Kaggle's "
-            "fer2013.csv as <DATA_ROOT>/fer2013/fer2013.csv (see data/README.md) and run "
-            "`make book PROFILE=paper DATA_ROOT=<DATA_ROOT> ONLY='book/cbam_vgg/*'`")
     from ..data import load_dataset
 
+    root = _data_root(setup)
     parts = {}
     for split, n in sizes.items():
-        ds = load_dataset("fer2013", setup.data_root, split)
+        ds = load_dataset("fer2013", root, split)
         parts[split] = _subset(cache_dataset(ds, progress=progress, desc=f"FER2013 {split}"), n, setup.seed)
     return ChapterData(**parts, source=f"FER2013 from {Path(setup.data_root) / 'fer2013'}")
 
 
 def training_counts(setup: Setup) -> tuple[dict[str, int], str]:
-    """Training images per class (canonical order) and where they come from, without decoding images.
+    """Training images per class (canonical order) and where they come from.
 
-    SynFER draws its labels without rendering; FER2013 reads its CSV's labels.
+    SynFER draws its labels without rendering; FER2013's whole training split is
+    counted from its labels, and a subset (``n_train``) from the loaded subset.
     """
     if setup.synthetic:
         ds = SynFER("fer2013", "train", n=setup.n_train, seed=setup.seed)
         return dict(ds.class_counts), f"SynFER fer2013 stand-in, n = {len(ds)}"
-    if setup.data_root is None:
-        load_data(setup)  # raises the error that says what is missing
+    if setup.n_train is not None:
+        subset = load_data(setup, progress=False).train
+        return dict(subset.class_counts), f"FER2013 training subset under {setup.data_root}"
     from ..data import load_dataset
 
-    ds = load_dataset("fer2013", setup.data_root, "train")
-    counts = dict(ds.class_counts)
-    if setup.n_train is not None and setup.n_train < len(ds):
-        counts = dict(load_data(setup, progress=False).train.class_counts)
-    return counts, f"FER2013 training set under {setup.data_root}"
+    ds = load_dataset("fer2013", _data_root(setup), "train")
+    return dict(ds.class_counts), f"FER2013 training set under {setup.data_root}"
 
 
 # =========================================================================== models and runs

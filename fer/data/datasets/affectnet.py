@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..labels import resolve_classes
-from .base import DatasetFormatError, RealFERDataset, Sample, decode_image, safe_join
+from .base import DatasetFormatError, RealFERDataset, Sample, decode_image, label_code, safe_join
 
 __all__ = ["AffectNet", "LABEL_MAP", "DROPPED", "COLUMNS", "TREE", "SOURCE", "LIST_FILES"]
 
@@ -132,7 +132,8 @@ class AffectNet(RealFERDataset):
                 if len(fields) != len(names):
                     raise DatasetFormatError(f"{path}, line {lineno}: expected {len(names)} fields, found "
                                              f"{len(fields)}", f"{path}:{lineno}")
-                code = _code(fields[col["expression"]], path, lineno)
+                code = label_code(fields[col["expression"]], LABEL_MAP | DROPPED, what="AffectNet expression",
+                                  uses="AffectNet", path=path, lineno=lineno, parse=_integral)
                 if code in DROPPED:
                     self._exclude(DROPPED[code])
                     continue
@@ -183,14 +184,9 @@ class AffectNet(RealFERDataset):
                 "face_x": x, "face_y": y, "face_width": w, "face_height": h}
 
 
-def _code(text: str, path: Path, lineno: int) -> int:
-    try:
-        value = float(text)
-        code = int(value) if value.is_integer() else None
-    except ValueError:
-        code = None
-    if code not in LABEL_MAP and code not in DROPPED:
-        known = ", ".join(f"{k}={v}" for k, v in (LABEL_MAP | DROPPED).items())
-        raise DatasetFormatError(f"{path}, line {lineno}: unknown AffectNet expression {text!r}; AffectNet uses "
-                                 f"{known}", f"{path}:{lineno}")
-    return code
+def _integral(text: str) -> int:
+    """AffectNet's CSV writes codes as ints or as floats ("1.0"); other fractions are invalid."""
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError(text)
+    return int(value)

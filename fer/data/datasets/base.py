@@ -42,7 +42,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -64,6 +64,7 @@ __all__ = [
     "safe_join",
     "decode_image",
     "label_table",
+    "label_code",
     "list_images",
     "read_points",
 ]
@@ -177,6 +178,25 @@ def label_table(label_map: dict[Any, str], classes: Sequence[str] = CLASSES[:7],
         label = str(list(classes).index(name)) if name in classes else "- (left out)"
         lines.append(f"| `{code}` | {name} | {label} |")
     return "\n".join(lines)
+
+
+def label_code(text: str, codes: Mapping[int, str], *, what: str, uses: str, path: Path, lineno: int,
+               parse: Callable[[str], int] = int) -> int:
+    """A dataset's own label code from one field of its list file, checked against ``codes``.
+
+    ``parse`` turns the text into an int (raising ``ValueError`` when it cannot); an
+    unparsable or unknown code raises :class:`DatasetFormatError` naming the file, the
+    line, the text (``unknown <what> '...'``) and every valid code (``<uses> uses 0=..``).
+    """
+    try:
+        code = parse(text)
+    except ValueError:
+        code = None
+    if code not in codes:
+        known = ", ".join(f"{k}={v}" for k, v in codes.items())
+        raise DatasetFormatError(f"{path}, line {lineno}: unknown {what} {text!r}; {uses} uses {known}",
+                                 f"{path}:{lineno}")
+    return code
 
 
 class _DirCache:

@@ -31,6 +31,7 @@ from .base import (
     RealFERDataset,
     Sample,
     decode_image,
+    label_code,
     list_images,
 )
 
@@ -148,7 +149,8 @@ class FER2013(RealFERDataset):
                 if len(fields) != 3:
                     raise DatasetFormatError(f"{path}, line {lineno}: expected 3 fields (emotion,pixels,Usage), "
                                              f"found {len(fields)}", f"{path}:{lineno}")
-                code = _code(fields[0].decode(errors="replace"), path, lineno)
+                code = label_code(fields[0].decode(errors="replace"), LABEL_MAP, what="FER2013 emotion", uses="FER2013",
+                                  path=path, lineno=lineno)
                 usage = fields[2].decode(errors="replace").strip()
                 if usage not in USAGE.values():
                     raise DatasetFormatError(f"{path}, line {lineno}: unknown Usage {usage!r}; FER2013 uses "
@@ -215,14 +217,3 @@ class FER2013(RealFERDataset):
     def _meta(self, s: Sample) -> dict[str, Any]:
         row, code, usage = s.info
         return {"usage": usage, "row": row, "code": code}
-
-
-def _code(text: str, path: Path, lineno: int) -> int:
-    try:
-        code = int(text.strip())
-    except ValueError:
-        code = None
-    if code not in LABEL_MAP:
-        raise DatasetFormatError(f"{path}, line {lineno}: unknown FER2013 emotion {text!r}; FER2013 uses "
-                                 f"{', '.join(f'{k}={v}' for k, v in LABEL_MAP.items())}", f"{path}:{lineno}")
-    return code

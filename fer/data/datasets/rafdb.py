@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..labels import resolve_classes
-from .base import DatasetFormatError, RealFERDataset, Sample, _DirCache, read_points, safe_join
+from .base import DatasetFormatError, RealFERDataset, Sample, _DirCache, label_code, read_points, safe_join
 
 __all__ = ["RAFDB", "LABEL_MAP", "TREE", "SOURCE", "ATTRIBUTES"]
 
@@ -143,7 +143,7 @@ class RAFDB(RealFERDataset):
             if not _NAME.match(name):
                 raise DatasetFormatError(f"{path}, line {lineno}: image name {name!r} is not of the form "
                                          f"train_00001.jpg / test_0001.jpg", f"{path}:{lineno}")
-            code = _code(code_text, path, lineno)
+            code = label_code(code_text, LABEL_MAP, what="RAF-DB label", uses="RAF-DB", path=path, lineno=lineno)
             if not name.startswith(self.split + "_"):
                 continue
             label = self._class_index(LABEL_MAP[code])
@@ -183,17 +183,6 @@ class RAFDB(RealFERDataset):
         stem, code, has_manual = s.info
         attrs = _read_attributes(self._manual_file(stem)) if has_manual else {k: -1 for k in ATTRIBUTES}
         return {"name": f"{stem}.jpg", "code": code} | attrs
-
-
-def _code(text: str, path: Path, lineno: int) -> int:
-    try:
-        code = int(text)
-    except ValueError:
-        code = None
-    if code not in LABEL_MAP:
-        raise DatasetFormatError(f"{path}, line {lineno}: unknown RAF-DB label {text!r}; RAF-DB uses "
-                                 f"{', '.join(f'{k}={v}' for k, v in LABEL_MAP.items())}", f"{path}:{lineno}")
-    return code
 
 
 def _read_attributes(path: Path) -> dict[str, int]:
