@@ -48,7 +48,6 @@ holds what the chapter's notebooks share:
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -67,6 +66,8 @@ from ..losses import inverse_frequency_weights
 from ..models import create_model, load_vggface
 from ..runs import Run, RunResult, run
 from ..train import CachedDataset, InputTransform, TrainConfig, cache_dataset, unfreeze_stages
+from ._common import ProfileSetup, random_subset
+from ._common import profile_setups as _profile_setups
 
 __all__ = [
     "PAPER",
@@ -148,7 +149,7 @@ _WIDTH_MODELS = ("vgg16_flatten", "vgg16_gap", "vgg16_cbam")
 
 
 @dataclass(frozen=True)
-class Setup:
+class Setup(ProfileSetup):
     """A profile's choices for the chapter, from the notebooks' ``parameters`` cell.
 
     Args:
@@ -217,20 +218,6 @@ class Setup:
         return (f"{sizes}; 48 px faces resized to {self.input_size} px; {width}; "
                 f"epochs {stages} (head + {self.unfreeze} unfreezing stages), batch {self.batch_size}")
 
-    @classmethod
-    def from_params(cls, **params: Any) -> Setup:
-        """From notebook parameters; names that are not fields of :class:`Setup` are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in params.items() if k in names}
-        if "stage_epochs" in kw:
-            kw["stage_epochs"] = tuple(kw["stage_epochs"])
-        return cls(**kw)
-
-    def resolved_device(self) -> str:
-        from ..book import resolve_device
-
-        return resolve_device(None if self.device == "auto" else self.device)
-
 
 #: The notebook whose ``book/profiles.yml`` entry defines each profile's :class:`Setup`.
 SETUP_NOTEBOOK = "book/cbam_vgg/experiment1.ipynb"
@@ -238,15 +225,7 @@ SETUP_NOTEBOOK = "book/cbam_vgg/experiment1.ipynb"
 
 def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
     """Every profile's :class:`Setup`: ``smoke`` = the defaults, ``demo``/``paper`` from ``book/profiles.yml``."""
-    from ..book import find_root, load_profiles
-
-    book_root = find_root(root)
-    out = {"smoke": Setup()}
-    for prof in ("demo", "paper"):
-        params = load_profiles(book_root, prof).get(SETUP_NOTEBOOK)
-        if params is not None:
-            out[prof] = Setup.from_params(profile=prof, **params)
-    return out
+    return _profile_setups(Setup, SETUP_NOTEBOOK, root)
 
 
 # =========================================================================== data
@@ -266,13 +245,6 @@ class ChapterData:
     def counts(self) -> dict[str, int]:
         """Training faces per class (canonical order)."""
         return dict(self.train.class_counts)
-
-
-def _subset(ds: CachedDataset, n: int | None, seed: int) -> CachedDataset:
-    if n is None or n >= len(ds):
-        return ds
-    idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
-    return ds.subset(idx)
 
 
 def _data_root(setup: Setup) -> str:
@@ -302,7 +274,7 @@ def load_data(setup: Setup, *, progress: bool = True) -> ChapterData:
     parts = {}
     for split, n in sizes.items():
         ds = load_dataset("fer2013", root, split)
-        parts[split] = _subset(cache_dataset(ds, progress=progress, desc=f"FER2013 {split}"), n, setup.seed)
+        parts[split] = random_subset(cache_dataset(ds, progress=progress, desc=f"FER2013 {split}"), n, setup.seed)
     return ChapterData(**parts, source=f"FER2013 from {Path(setup.data_root) / 'fer2013'}")
 
 

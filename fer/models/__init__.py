@@ -10,6 +10,14 @@ One file per paper (the file name is the paper key, ``list_models(module=key)``)
 
 * :mod:`fer.models.cbam_vgg` -- Ghimire et al., VGG16 (VGG-Face) + CBAM, and the
   paper's baselines.
+* :mod:`fer.models.manet` -- Gan et al., MANet: RASnet (region masks) and ERSnet
+  (VGG16 + multiple-attention block), with the VGG16 and VGG16 + SE baselines.
+* :mod:`fer.models.mapnet` -- Ju and Zhao, MAPNet: two ResNets with landmark-mask
+  attention and split blocks, and its loss.
+* :mod:`fer.models.msanet` -- Ghadai and Patra, MSA-Net: three multi-scale branches
+  with CBAM on a ResNet-18 pre-extractor, and the Table 3 ablations.
+* :mod:`fer.models.masked` -- Hayashi et al.: the Attention Branch Network, the mask
+  classifier (MCN), the expression network (FECN) and the VGG11 baseline.
 
 Conventions shared by every model: ``forward_features`` / ``forward_head``,
 ``cam_layer`` (default Grad-CAM target module), ``pretrained_cfg`` (mean, std,
@@ -19,7 +27,7 @@ keyword arguments. User-supplied weight files live in :func:`weights_dir`
 """
 from __future__ import annotations
 
-from . import cbam_vgg
+from . import cbam_vgg, manet, mapnet, masked, msanet
 from ._hub import load_torchvision_state_dict, torch_hub_checkpoint_path, weights_dir
 from ._registry import create_model, is_model, list_models, model_entrypoint, register_model
 from .cbam_vgg import (
@@ -42,6 +50,10 @@ __all__ = [
     "torch_hub_checkpoint_path",
     "load_torchvision_state_dict",
     "cbam_vgg",
+    "manet",
+    "mapnet",
+    "masked",
+    "msanet",
     "VGGFACE_URL",
     "ClassifierHead",
     "VggFer",

@@ -230,12 +230,15 @@ def vgg16_widths(width: float = 1.0) -> Tuple[int, ...]:
 
 
 def make_vgg16_features(
-    in_chans: int = 3, act_layer: Type[nn.Module] = nn.ReLU, width: float = 1.0
+    in_chans: int = 3, act_layer: Type[nn.Module] = nn.ReLU, width: float = 1.0,
+    norm_layer: Optional[Type[nn.Module]] = None,
 ) -> nn.Sequential:
     """VGG16's conv base, with torchvision's indices (``features.0`` = conv1_1, ...).
 
     Ends with the fifth max pool: ``512 * width x H/32 x W/32``. Activations are built
     as ``act_layer()`` (not in-place). ``width`` scales every layer's channels.
+    ``norm_layer`` (e.g. ``nn.BatchNorm2d``; default none) is inserted after each conv,
+    as in torchvision's ``vgg16_bn`` (whose indices then apply).
     """
     layers: List[nn.Module] = []
     channels = in_chans
@@ -245,7 +248,10 @@ def make_vgg16_features(
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
             out = next(widths)
-            layers += [nn.Conv2d(channels, out, kernel_size=3, padding=1), act_layer()]
+            layers.append(nn.Conv2d(channels, out, kernel_size=3, padding=1))
+            if norm_layer is not None:
+                layers.append(norm_layer(out))
+            layers.append(act_layer())
             channels = out
     features = nn.Sequential(*layers)
     for m in features.modules():

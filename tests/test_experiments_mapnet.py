@@ -1,0 +1,114 @@
+"""fer.experiments.mapnet: the MAPNet chapter's numbers, protocol, data with masks and cached runs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fer.experiments import mapnet as E
+from fer.models.mapnet import MapNetLoss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_paper_numbers_are_the_papers():
+    t1 = {r[0]: r[1:] for r in E.TABLE1}
+    assert t1["MAPNet"] == (87.26, 62.91, 71.50)
+    assert t1["OADN"] == (87.16, 61.89, 71.17)
+    assert len(E.TABLE1) == 14
+    assert E.TABLE2["baseline"] == (84.48, 61.77, 64.25) and E.TABLE2["wcl"] == (87.26, 64.09, 71.05)
+    # the text's increments follow from Table 2
+    assert E.TABLE2["ps"][0] - E.TABLE2["baseline"][0] == pytest.approx(0.43)
+    assert E.TABLE2["mam"][2] - E.TABLE2["ps"][2] == pytest.approx(3.50)
+    assert E.PAPER_DATA["RAF-DB"] == (12271, 3068)
+
+
+def test_paper_profile_setup_and_config():
+    setups = E.profile_setups()
+    assert set(setups) >= {"smoke"}
+    paper = setups.get("paper") or E.Setup(profile="paper", backbone="resnet50", width=1.0, last_stride=2,
+                                           pretrained=True, image_size=224, epochs=12, batch_size=128)
+    assert paper.backbone == "resnet50" and paper.width == 1.0 and paper.last_stride == 2
+    assert paper.stem == "resnet" and paper.pretrained and paper.image_size == 224
+    cfg = E.train_config(paper)
+    p = E.PAPER_PROTOCOL
+    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay) == ("sgd", p["lr"], p["momentum"], p["weight_decay"])
+    assert (cfg.schedule, cfg.step_size, cfg.gamma, cfg.batch_size) == ("step", 4, 0.1, 128)
+    assert cfg.hflip and cfg.shift == 0 and cfg.augment_keys == ["mask"]
+    assert cfg.mean == pytest.approx((0.485, 0.456, 0.406))
+    kw = E.row_model_kwargs(paper, "wcl")
+    assert (kw["blocks"], kw["alpha"], kw["parallel"], kw["attention"]) == (4, 0.8, True, True)
+    with pytest.raises(FileNotFoundError, match=r"rafdb/.*DATA_ROOT"):
+        E.load_data(paper)
+
+
+def test_setup_validation():
+    with pytest.raises(ValueError, match="profile"):
+        E.Setup(profile="full")
+    with pytest.raises(ValueError, match="paper profile"):
+        E.Setup(pretrained=True)
+    with pytest.raises(ValueError, match="optimizer"):
+        E.Setup(optimizer="rmsprop")
+    s = E.Setup.from_params(profile="demo", seeds=[0, 1, 2], alpha_values=[0.4, 0.8], n_show=3)
+    assert s.seeds == (0, 1, 2) and s.alpha_values == (0.4, 0.8) and s.seed == 0
+
+
+def test_ablation_rows_switch_the_model_and_the_loss():
+    s = E.Setup()
+    base, ps, mam, wcl = (E.row_model_kwargs(s, r) for r in E.ROWS)
+    assert (base["parallel"], base["blocks"], base["attention"]) == (False, 1, False)
+    assert (ps["parallel"], ps["blocks"], ps["attention"]) == (True, 4, False)
+    assert mam["attention"] and wcl == mam
+    counts = {"neutral": 10, "happy": 40, "sad": 10, "surprise": 10, "fear": 5, "disgust": 5, "anger": 10}
+    assert E.make_loss(s, "mam", counts).ce.weight is None
+    loss = E.make_loss(s, "wcl", counts)
+    assert isinstance(loss, MapNetLoss)
+    assert loss.ce.weight[4] == pytest.approx((90 / 7 / 5) ** 0.5, rel=1e-6)  # gamma = 2
+    assert E.row_model_kwargs(s, "wcl", blocks=2, alpha=0.4)["blocks"] == 2
+    with pytest.raises(ValueError, match="unknown ablation row"):
+        E.row_model_kwargs(s, "cbam")
+
+
+def test_class_weight_table_on_known_counts():
+    df = E.class_weight_table({"a": 100, "b": 400}, gammas=(1.0, 2.0))
+    assert df.loc["a", "omega, gamma=1"] == pytest.approx(2.5) and df.loc["b", "omega, gamma=1"] == pytest.approx(0.625)
+    assert df.loc["a", "omega, gamma=2"] == pytest.approx(2.5 ** 0.5)
+    g = E.gamma_table({"a": 100, "b": 400}, gammas=(1.0, 3.0))
+    assert g.loc[1.0, "ratio"] == pytest.approx(4.0) and g.loc[3.0, "ratio"] == pytest.approx(4 ** (1 / 3))
+
+
+def test_face_masks_follow_the_landmarks():
+    data = E.load_data(E.Setup(n_train=8, n_test=4, n_occluded=4), progress=False)
+    m = data.train.tensors["mask"]
+    assert m.dtype == torch.uint8 and tuple(m.shape) == (8, 1, 48, 48)
+    share = m.float().mean((1, 2, 3))
+    assert (share > 0.15).all() and (share < 0.9).all()  # a face, not the whole image
+    assert "landmarks" not in data.train.tensors and set(data.eval_sets()) == {"test", "occluded"}
+
+
+def test_tiny_run_trains_once_then_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_RUNS", str(tmp_path))
+    s = E.Setup(n_train=32, n_test=16, n_occluded=16, epochs=1, batch_size=16)
+    data = E.load_data(s, progress=False)
+    first = E.run_row(s, data, "mam", progress=False)  # 32 faces may miss a class: no class weights here
+    again = E.run_row(s, data, "mam", progress=False)
+    assert not first.cached and again.cached
+    assert again.metrics["test"]["accuracy"] == first.metrics["test"]["accuracy"]
+    assert {"test", "occluded"} <= set(first.metrics)
+    t2 = E.table2({"mam": [first]})
+    assert t2.loc[E.TABLE2_LABELS["mam"], "ours RAF-DB mean"] == pytest.approx(E.accuracy(first))
+    ex = E.explain_set(s, 4)
+    heat = E.gradcam_maps(again.model, ex, again.run.config)
+    assert heat.shape == (4, 48, 48) and np.isfinite(heat).all()
+    maps = E.feature_maps(again.model, ex, again.run.config)
+    assert set(maps) == {"layer1", "layer1 masked", "layer4", "layer4 masked"}
+    energy = E.mask_energy(maps, ex.tensors["mask"])
+    assert energy["layer4 masked"] >= energy["layer4"] - 1e-6  # the mask raises the face's share
+
+
+def test_affectnet_stand_in_and_unknown_dataset():
+    data = E.load_data(E.Setup(n_train=8, n_test=4, n_occluded=4), "affectnet", progress=False)
+    assert data.test_name == "AffectNet" and "affectnet" in data.source
+    assert tuple(data.occluded.tensors["mask"].shape[1:]) == (1, 48, 48)
+    with pytest.raises(ValueError, match="dataset must be"):
+        E.load_data(E.Setup(), "fer2013")
