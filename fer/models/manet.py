@@ -146,9 +146,6 @@ RAS_MIN_SIZE = 144
 #: ``features[:CONV4_END]`` = conv blocks 1-4 with pool 4 (torchvision indices, no batch norm);
 #: the rest is block 5. With ``batch_norm=True`` use ``model.conv4_end`` (34).
 CONV4_END = 24
-#: Index of the ReLU after conv5_3 in ``features`` (the default Grad-CAM layer; no batch norm,
-#: else ``model.relu5_3``).
-_RELU5_3 = 29
 
 
 def mask_side(img_size: int) -> int:
