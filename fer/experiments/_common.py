@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
 
-from ..train import CachedDataset
+from ..explain import localisation_scores
+from ..train import CachedDataset, InputTransform, TrainConfig
 
-__all__ = ["ProfileSetup", "profile_setups", "random_subset"]
+__all__ = ["ProfileSetup", "profile_setups", "random_subset", "model_input", "localisation_row"]
 
 S = TypeVar("S", bound="ProfileSetup")
 
@@ -57,3 +59,17 @@ def random_subset(ds: CachedDataset, n: int | None, seed: int) -> CachedDataset:
     if n is None or n >= len(ds):
         return ds
     return ds.subset(np.sort(np.random.default_rng(seed).permutation(len(ds))[:n]))
+
+
+def model_input(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """uint8 faces -> the evaluation-time model input of a run with ``config`` (resize, normalise; no augmentation)."""
+    return InputTransform.from_config(config)({"image": images})["image"]
+
+
+def localisation_row(heat: Any, relevance: Any, **labels: Any) -> dict[str, Any]:
+    """One row of a chapter's localisation table: ``labels`` (e.g. ``model=``, ``map=``), then the
+    energy share on SynFER's evidence and the pointing-game hit rate, each with its chance level
+    (:func:`fer.explain.localisation_scores`), and the number of faces."""
+    s = localisation_scores(heat, relevance)
+    return {**labels, "energy on evidence": s["energy"], "energy (chance)": s["energy_chance"],
+            "pointing game": s["pointing"], "pointing (chance)": s["pointing_chance"], "faces": s["num_images"]}

@@ -61,12 +61,12 @@ from torch import nn
 from ..data import CLASSES_7
 from ..data.synfer import SynFER
 from ..data.synfer.variants import FER2013_COUNTS
-from ..explain import cam, capture, localisation_scores
+from ..explain import cam, capture
 from ..losses import inverse_frequency_weights
 from ..models import create_model, load_vggface
 from ..runs import Run, RunResult, run
-from ..train import CachedDataset, InputTransform, TrainConfig, cache_dataset, unfreeze_stages
-from ._common import ProfileSetup, random_subset
+from ..train import CachedDataset, TrainConfig, cache_dataset, unfreeze_stages
+from ._common import ProfileSetup, localisation_row, model_input, random_subset
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
@@ -94,7 +94,6 @@ __all__ = [
     "cbam_parameter_check",
     "class_weight_table",
     "explain_set",
-    "input_transform",
     "gradcam_maps",
     "cbam_spatial_maps",
     "localisation_table",
@@ -541,15 +540,6 @@ def explain_set(setup: Setup, n: int, *, progress: bool = False) -> CachedDatase
     return cache_dataset(ds, keys=("image", "label", "relevance"), progress=progress, desc="SynFER explain set")
 
 
-def input_transform(config: TrainConfig) -> InputTransform:
-    """The evaluation-time input transform of a run's config (resize, normalise)."""
-    return InputTransform(config.mean, config.std, grayscale=config.grayscale, size=config.input_size)
-
-
-def _model_input(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    return input_transform(config)({"image": images})["image"]
-
-
 def gradcam_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *,
                  targets: Any = None, method: str = "gradcam") -> np.ndarray:
     """Grad-CAM at ``model.cam_layer`` (CBAM's output for ``vgg16_cbam``), B x S x S in [0, 1].
@@ -557,7 +547,7 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *,
     ``images``: uint8 B x 3 x 48 x 48 faces; ``targets``: class per image (default:
     the true labels are not known here, so each image's predicted class).
     """
-    x = _model_input(images, config)
+    x = model_input(images, config)
     return cam(model, x, targets, method=method)
 
 
@@ -568,7 +558,7 @@ def cbam_spatial_maps(model: nn.Module, images: torch.Tensor, config: TrainConfi
         raise ValueError(f"{type(model).__name__} has no CBAM (model.attn.spatial_gate)")
     model.eval()
     with torch.no_grad(), capture(model, {"spatial": attn.spatial_gate}) as maps:
-        model(_model_input(images, config))
+        model(model_input(images, config))
     return maps["spatial"][:, 0].float().numpy()
 
 
@@ -594,9 +584,5 @@ def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: 
         attn = getattr(model, "attn", None)
         if attn is not None and hasattr(attn, "spatial_gate"):
             maps["CBAM spatial"] = cbam_spatial_maps(model, images, config)
-        for kind, heat in maps.items():
-            s = localisation_scores(heat, rel)
-            rows.append({"model": name, "map": kind, "energy on evidence": s["energy"],
-                         "energy (chance)": s["energy_chance"], "pointing game": s["pointing"],
-                         "pointing (chance)": s["pointing_chance"], "faces": s["num_images"]})
+        rows += [localisation_row(heat, rel, model=name, map=kind) for kind, heat in maps.items()]
     return pd.DataFrame(rows)

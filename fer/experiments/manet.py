@@ -70,13 +70,13 @@ from ..data import CLASSES_7
 from ..data.landmarks import to_landmarks8
 from ..data.masks import MANET_REGIONS, region_masks
 from ..data.synfer import SynFER
-from ..explain import cam, capture, localisation_scores
+from ..explain import cam, capture
 from ..models import create_model, load_vggface
 from ..models.cbam_vgg import VGGFACE_MEAN
 from ..models.manet import ManetOutput, RasnetOutput, mask_loss, mask_side
 from ..runs import Run, RunResult, run
-from ..train import CachedDataset, InputTransform, Stage, TrainConfig, cache_dataset
-from ._common import ProfileSetup, random_subset
+from ..train import CachedDataset, Stage, TrainConfig, cache_dataset
+from ._common import ProfileSetup, localisation_row, model_input, random_subset
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
@@ -122,7 +122,6 @@ __all__ = [
     "run_ck_folds",
     "summed_confusion",
     "CkData",
-    "input_transform",
     "gradcam_maps",
     "guided_maps",
     "localisation_table",
@@ -696,21 +695,12 @@ def reorder_confusion(counts: Any, classes: Sequence[str], order: Sequence[str])
 # =========================================================================== masks and region weights
 
 
-def input_transform(config: TrainConfig) -> InputTransform:
-    """The evaluation-time input transform of a run's config (resize, normalise)."""
-    return InputTransform(config.mean, config.std, grayscale=config.grayscale, size=config.input_size)
-
-
-def _model_input(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    return input_transform(config)({"image": images})["image"]
-
-
 def predicted_masks(model: nn.Module, images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     """RASnet's masks (``B x 8 x s x s``) for uint8 ``images``: ``model`` is a ``manet`` or a RASnet."""
     ras = getattr(model, "rasnet", None) or model
     ras.eval()
     with torch.no_grad():
-        return ras(_model_input(images, config).to(next(ras.parameters()).device)).masks.float().cpu()
+        return ras(model_input(images, config).to(next(ras.parameters()).device)).masks.float().cpu()
 
 
 def mask_iou(model: nn.Module, ds: CachedDataset, config: TrainConfig, *, threshold: float = 0.5):
@@ -743,7 +733,7 @@ def region_weights(model: nn.Module, ds: CachedDataset, config: TrainConfig, cla
     qs = []
     with torch.no_grad(), capture(model, {"q": model.attn.weight_branch}) as out:
         for i in range(0, len(ds), 128):
-            model(_model_input(ds.images[i:i + 128], config).to(device))
+            model(model_input(ds.images[i:i + 128], config).to(device))
             qs.append(out["q"].float().cpu())
     q = torch.cat(qs).numpy()
     labels = ds.labels.numpy()
@@ -843,14 +833,14 @@ def explain_set(setup: Setup, n: int, *, variant: str = "wild", progress: bool =
 def gradcam_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *, targets: Any = None,
                  method: str = "gradcam") -> np.ndarray:
     """Grad-CAM at ``model.cam_layer`` (conv5_3's ReLU), ``B x S x S`` in [0, 1]."""
-    return cam(model, _model_input(images, config), targets, method=method)
+    return cam(model, model_input(images, config), targets, method=method)
 
 
 def guided_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *, targets: Any = None) -> np.ndarray:
     """Guided Grad-CAM (``B x S x S x C`` in [0, 1], 0.5 = no evidence)."""
     from ..explain import guided_gradcam
 
-    return guided_gradcam(model, _model_input(images, config), targets)
+    return guided_gradcam(model, model_input(images, config), targets)
 
 
 def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: CachedDataset):
@@ -862,8 +852,5 @@ def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: 
     rows = []
     for name, (model, config) in models.items():
         heat = gradcam_maps(model, ds.images, config, targets=ds.labels.tolist())
-        s = localisation_scores(heat, rel)
-        rows.append({"model": name, "energy on evidence": s["energy"], "energy (chance)": s["energy_chance"],
-                     "pointing game": s["pointing"], "pointing (chance)": s["pointing_chance"],
-                     "faces": s["num_images"]})
+        rows.append(localisation_row(heat, rel, model=name))
     return pd.DataFrame(rows)

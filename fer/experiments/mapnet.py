@@ -60,13 +60,13 @@ from torch import nn
 from ..data import CLASSES_7
 from ..data.masks import face_mask
 from ..data.synfer import SynFER
-from ..explain import cam, capture, localisation_scores
+from ..explain import cam, capture
 from ..losses import root_inverse_weights
 from ..models import create_model
 from ..models.mapnet import MapNetLoss, MaskChannelInput, block_weights, mask_forward
 from ..runs import RunResult, run
 from ..train import CachedDataset, InputTransform, TrainConfig, cache_dataset
-from ._common import ProfileSetup, random_subset
+from ._common import ProfileSetup, localisation_row, random_subset
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
@@ -523,9 +523,7 @@ def model_input(ds: CachedDataset | Mapping[str, torch.Tensor], config: TrainCon
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluation-time model input: normalised images and float masks (resized with them)."""
     tensors = ds.tensors if isinstance(ds, CachedDataset) else ds
-    t = InputTransform(config.mean, config.std, grayscale=config.grayscale, size=config.input_size,
-                       augment_keys=["mask"])
-    out = t({"image": tensors["image"], "mask": tensors["mask"]})
+    out = InputTransform.from_config(config)({"image": tensors["image"], "mask": tensors["mask"]})
     return out["image"], out["mask"].float()
 
 
@@ -560,10 +558,7 @@ def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: 
     rows = []
     for name, (model, config) in models.items():
         heat = gradcam_maps(model, ds, config, targets=ds.labels.tolist())
-        s = localisation_scores(heat, ds.tensors["relevance"])
-        rows.append({"model": name, "energy on evidence": s["energy"], "energy (chance)": s["energy_chance"],
-                     "pointing game": s["pointing"], "pointing (chance)": s["pointing_chance"],
-                     "faces": s["num_images"]})
+        rows.append(localisation_row(heat, ds.tensors["relevance"], model=name))
     return pd.DataFrame(rows).set_index("model")
 
 

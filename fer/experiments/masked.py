@@ -73,8 +73,8 @@ from ..explain import capture, localisation_scores
 from ..models import create_model
 from ..models.masked import Abn, Fecn, SharedFecn, abn_loss
 from ..runs import Run, RunResult, run, runs_root
-from ..train import CachedDataset, InputTransform, Stage, TrainConfig, cache_dataset
-from ._common import ProfileSetup
+from ..train import CachedDataset, Stage, TrainConfig, cache_dataset
+from ._common import ProfileSetup, model_input
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
@@ -574,11 +574,6 @@ def explain_set(setup: Setup, n_per_class: int) -> dict[str, Any]:
     return res
 
 
-def _model_input(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    return InputTransform(config.mean, config.std, grayscale=config.grayscale, size=config.input_size)(
-        {"image": images})["image"]
-
-
 def attention_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig) -> np.ndarray:
     """The sigmoid attention map ``M(x)`` of an ABN, MCN, FECN (its MCN's) or shared model,
     ``B x h x w`` in (0, 1), read with a forward hook on the attention branch's ``map_gate``."""
@@ -589,7 +584,7 @@ def attention_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig) 
     else:
         raise TypeError(f"{type(model).__name__} has no attention map (ABN, MCN, FECN and fecn_shared have)")
     model.eval()
-    x = _model_input(images, config).to(next(model.parameters()).device)
+    x = model_input(images, config).to(next(model.parameters()).device)
     with torch.no_grad(), capture(model, {"map": gate}) as maps:
         model(x)
     return maps["map"][:, 0].float().cpu().numpy()

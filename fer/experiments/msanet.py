@@ -63,12 +63,12 @@ from torch.nn import functional as F
 
 from ..data import CLASSES_7
 from ..data.synfer import SynFER
-from ..explain import cam, capture, localisation_scores
+from ..explain import cam, capture
 from ..models import create_model
 from ..models.msanet import BETA, BetaCrossEntropy, MsaNet
 from ..runs import RunResult, run
-from ..train import CachedDataset, InputTransform, TrainConfig, cache_dataset
-from ._common import ProfileSetup, random_subset
+from ..train import CachedDataset, TrainConfig, cache_dataset
+from ._common import ProfileSetup, localisation_row, model_input, random_subset
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
@@ -618,12 +618,6 @@ def explain_set(setup: Setup, n: int, *, progress: bool = False) -> CachedDatase
     return cache_dataset(ds, keys=("image", "label", "relevance"), progress=progress, desc="SynFER explain set")
 
 
-def model_input(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """uint8 faces -> the model input of a run (resize, normalise; no crops)."""
-    t = InputTransform(config.mean, config.std, grayscale=config.grayscale, size=config.input_size)
-    return t({"image": images})["image"]
-
-
 def gradcam_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *, targets: Any = None,
                  target_layer: Any = None) -> np.ndarray:
     """Grad-CAM (default layer ``model.cam_layer``), ``B x S x S`` in [0, 1]."""
@@ -653,9 +647,5 @@ def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: 
                                          targets=labels.tolist() if targets == "label" else None)}
         if isinstance(model, MsaNet) and hasattr(model.branches[0].attn, "spatial_gate"):
             maps.update({f"CBAM spatial {k}": v for k, v in branch_spatial_maps(model, images, config).items()})
-        for kind, heat in maps.items():
-            s = localisation_scores(heat, rel)
-            rows.append({"model": name, "map": kind, "energy on evidence": s["energy"],
-                         "energy (chance)": s["energy_chance"], "pointing game": s["pointing"],
-                         "pointing (chance)": s["pointing_chance"], "faces": s["num_images"]})
+        rows += [localisation_row(heat, rel, model=name, map=kind) for kind, heat in maps.items()]
     return pd.DataFrame(rows)

@@ -298,6 +298,12 @@ def abn_loss(outputs: AbnOutput, batch: Mapping[str, Any], *, att_weight: float 
     return att_weight * F.cross_entropy(outputs.att_logits, y) + F.cross_entropy(outputs.logits, y)
 
 
+def _check_mode(mode: str) -> AttentionMode:
+    if mode not in ("residual", "multiply"):
+        raise ValueError(f"attention_mode must be 'residual' or 'multiply', got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
 def _weigh(features: torch.Tensor, attention: torch.Tensor, mode: AttentionMode) -> torch.Tensor:
     if attention.shape[-2:] != features.shape[-2:]:
         attention = F.interpolate(attention, size=features.shape[-2:], mode="bilinear", align_corners=False)
@@ -398,9 +404,7 @@ class Abn(_Base):
                  batch_norm: bool = False, head: HeadType = "vgg", drop_rate: float = 0.5,
                  attention_mode: AttentionMode = "residual") -> None:
         super().__init__()
-        if attention_mode not in ("residual", "multiply"):
-            raise ValueError(f"attention_mode must be 'residual' or 'multiply', got {attention_mode!r}")
-        self.attention_mode = attention_mode
+        self.attention_mode = _check_mode(attention_mode)
         self.features, _ = self._setup(num_classes=num_classes, in_chans=in_chans, img_size=img_size, width=width,
                                        batch_norm=batch_norm, head=head, drop_rate=drop_rate)
         c4 = vgg11_widths(width)[EXTRACTOR_GROUPS - 1][-1]
@@ -489,9 +493,7 @@ class Fecn(_Base):
                  attention_mode: AttentionMode = "multiply", mcn_width: Optional[float] = None,
                  mcn_batch_norm: Optional[bool] = None) -> None:
         super().__init__()
-        if attention_mode not in ("residual", "multiply"):
-            raise ValueError(f"attention_mode must be 'residual' or 'multiply', got {attention_mode!r}")
-        self.attention_mode = attention_mode
+        self.attention_mode = _check_mode(attention_mode)
         self.features, _ = self._setup(num_classes=num_classes, in_chans=in_chans, img_size=img_size, width=width,
                                        batch_norm=batch_norm, head=head, drop_rate=drop_rate)
         mcn = Abn(num_classes=2, in_chans=in_chans, img_size=img_size,
@@ -539,9 +541,7 @@ class SharedFecn(_Base):
                  batch_norm: bool = False, head: HeadType = "vgg", drop_rate: float = 0.5,
                  attention_mode: AttentionMode = "multiply", freeze_extractor: bool = True) -> None:
         super().__init__()
-        if attention_mode not in ("residual", "multiply"):
-            raise ValueError(f"attention_mode must be 'residual' or 'multiply', got {attention_mode!r}")
-        self.attention_mode = attention_mode
+        self.attention_mode = _check_mode(attention_mode)
         self.freeze_extractor = freeze_extractor
         self.features, _ = self._setup(num_classes=num_classes, in_chans=in_chans, img_size=img_size, width=width,
                                        batch_norm=batch_norm, head=head, drop_rate=drop_rate)

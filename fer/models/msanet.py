@@ -347,6 +347,7 @@ class _Base(nn.Module):
     num_features: int
     pretrained_cfg: Dict[str, Any]
     fc: nn.Module
+    drop: nn.Module
 
     @property
     def default_cfg(self) -> Dict[str, Any]:
@@ -360,9 +361,9 @@ class _Base(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pooling, then the linear classifier (``pre_logits``: the pooled vector ``v``)."""
+        """Global average pooling, dropout, then the linear classifier (``pre_logits``: the pooled vector ``v``)."""
         v = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return v if pre_logits else self.fc(v)
+        return v if pre_logits else self.fc(self.drop(v))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))  # type: ignore[attr-defined]
@@ -441,10 +442,6 @@ class MsaNet(_Base):
         x = self.stem(x)
         return self.fuse([branch(x) for branch in self.branches])
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        v = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return v if pre_logits else self.fc(self.drop(v))
-
     @property
     def cam_layer(self) -> nn.Module:
         """Default Grad-CAM target: the concatenation of the branches (``F_r``)."""
@@ -486,10 +483,6 @@ class ResNetBaseline(_Base):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_chans, self.min_size)
         return self.layer4(self.layer3(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        v = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return v if pre_logits else self.fc(self.drop(v))
 
     @property
     def cam_layer(self) -> nn.Module:
