@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from ..labels import resolve_classes
-from .base import DatasetFormatError, RealFERDataset, Sample, decode_image, label_code, safe_join
+from .base import DatasetFormatError, Published, RealFERDataset, Sample, decode_image, label_code, safe_join
 
-__all__ = ["AffectNet", "LABEL_MAP", "DROPPED", "COLUMNS", "TREE", "SOURCE", "LIST_FILES"]
+__all__ = ["AffectNet", "LABEL_MAP", "DROPPED", "COLUMNS", "TREE", "SOURCE", "LIST_FILES", "PUBLISHED"]
 
 #: AffectNet's ``expression`` codes -> canonical names (:data:`fer.data.CLASSES`).
 LABEL_MAP: dict[int, str] = {
@@ -49,6 +49,19 @@ LIST_FILES: dict[str, str] = {"train": "training.csv", "test": "validation.csv"}
 IMAGES_DIR = "Manually_Annotated_Images"
 LISTS_DIR = "Manually_Annotated_file_lists"
 SOURCE = "http://mohammadmahoor.com/affectnet/ (signed licence agreement)"
+#: The manually annotated lists, images per class: training.csv 287,651 with contempt (283,901
+#: without), validation.csv 500 per class (3,500 for seven classes, 4,000 with contempt).
+PUBLISHED = Published(
+    source="the expression codes 0-7 of AffectNet's training.csv and validation.csv (Mollahosseini et al. "
+           "2019); 283,901 seven-class training images is MSA-Net's section 3.1, 3,500 validation images "
+           "MAPNet's section 3.2",
+    counts={
+        "train": {"neutral": 74874, "happy": 134415, "sad": 25459, "surprise": 14090, "fear": 6378,
+                  "disgust": 3803, "anger": 24882, "contempt": 3750},
+        "test": {c: 500 for c in ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")},
+    },
+    notes="codes 8-10 (none, uncertain, non-face) are not counted; MAPNet trains on 33,803 of the training images",
+)
 #: The tree :class:`AffectNet` expects (also in ``data/README.md``).
 TREE = """\
 data/affectnet/
@@ -85,6 +98,8 @@ class AffectNet(RealFERDataset):
     name = "affectnet"
     tree = TREE
     source = SOURCE
+    splits = tuple(LIST_FILES)
+    published = PUBLISHED
 
     def __init__(self, root: str | os.PathLike, split: str = "train", *, num_classes: int = 7,
                  classes: Sequence[str] | None = None, crop: bool = True, image_size: int | None = None,

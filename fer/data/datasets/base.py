@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -57,6 +57,7 @@ __all__ = [
     "DatasetLayoutError",
     "DatasetFormatError",
     "ImageDecodeError",
+    "Published",
     "Sample",
     "RealFERDataset",
     "IMG_EXTENSIONS",
@@ -226,6 +227,29 @@ def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
     return images, other
 
 
+@dataclass(frozen=True)
+class Published:
+    """A dataset's published size, kept as data next to its loader (``PUBLISHED`` in each
+    loader module, the loader's ``published``); ``python -m fer.data check`` prints a copy's
+    counts beside it and SynFER's stand-ins draw their class proportions from it.
+
+    Attributes:
+        source: where the numbers come from.
+        counts: split -> canonical class -> count (in ``unit``); a split that is missing
+            here has no published per-class counts.
+        totals: split -> total, for splits whose per-class counts are not published.
+        unit: what is counted: ``images``, or ``sequences`` (CK+: each labelled sequence
+            gives the loader's ``frames`` images).
+        notes: other published facts, printed by the check.
+    """
+
+    source: str
+    counts: Mapping[str, dict[str, int]] = field(default_factory=dict)
+    totals: Mapping[str, int] = field(default_factory=dict)
+    unit: str = "images"
+    notes: str = ""
+
+
 @dataclass(slots=True)
 class Sample:
     """One listed sample, before decoding.
@@ -280,6 +304,10 @@ class RealFERDataset(LabelCounts, Dataset):
     source: str = ""
     #: ``classes`` with the default ``num_classes`` (labels index these).
     default_classes: tuple[str, ...] = CLASSES[:7]
+    #: The splits that together cover the release (what ``python -m fer.data check`` reads).
+    splits: tuple[str, ...] = ()
+    #: The published counts (:class:`Published`), or ``None``.
+    published: Published | None = None
 
     def __init__(self, root: str | os.PathLike, split: str, *, classes: Sequence[str],
                  image_size: int | None = None, transform: Callable[[torch.Tensor], Any] | None = None,
@@ -428,6 +456,30 @@ class RealFERDataset(LabelCounts, Dataset):
                                   stacklevel=2)
         raise ImageDecodeError(self.root, f"no sample of {self.name} ({self.split}) could be decoded")
 
+    def _published_split(self) -> tuple[Mapping[str, int] | None, int | None]:
+        """This split's published per-class counts and total, in ``published.unit``."""
+        p = self.published
+        if p is None:
+            return None, None
+        return p.counts.get(self.split), p.totals.get(self.split)
+
+    def published_counts(self) -> dict[str, int] | None:
+        """The published release's images of this split per class of ``classes`` (``None``
+        when they are not published), to compare with :attr:`class_counts`."""
+        counts, _ = self._published_split()
+        if counts is None:
+            return None
+        k = int(getattr(self, "frames", 1)) if self.published.unit == "sequences" else 1
+        return {c: int(counts.get(c, 0)) * k for c in self.classes}
+
+    def published_total(self) -> int | None:
+        """The published release's images of this split (for ``classes``), or ``None``."""
+        counts = self.published_counts()
+        if counts is not None:
+            return sum(counts.values())
+        _, total = self._published_split()
+        return total if total is not None and tuple(self.classes) == tuple(self.default_classes) else None
+
     def fingerprint(self) -> str:
         """A short hash of what this dataset yields: name, split, classes, image size
         and every listed sample (path relative to the root, label, extra fields).
@@ -452,6 +504,24 @@ class RealFERDataset(LabelCounts, Dataset):
                 for i in tqdm(range(len(self)), disable=bar_disabled(progress), desc=f"{self.name} meta")]
         return pd.DataFrame(rows)
 
+    def decode_errors(self, indices: Iterable[int] | None = None, *, progress: bool = True,
+                      first_only: bool = False) -> list[tuple[int, ImageDecodeError | DatasetFormatError]]:
+        """Decode the samples at ``indices`` (default: all) as access does, without changing
+        the dataset; return ``(index, error)`` for each that fails (``error.path`` names the
+        file). ``first_only``: stop at the first failure."""
+        from tqdm.auto import tqdm
+
+        todo = range(len(self.samples)) if indices is None else [int(i) for i in indices]
+        out: list[tuple[int, ImageDecodeError | DatasetFormatError]] = []
+        for i in tqdm(todo, disable=bar_disabled(progress), desc=f"decode {self.name} ({self.split})"):
+            try:
+                self._load(self.samples[i])
+            except (ImageDecodeError, DatasetFormatError) as err:
+                out.append((i, err))
+                if first_only:
+                    break
+        return out
+
     def verify(self, progress: bool = True) -> list[str]:
         """Decode every sample now; return the files that failed.
 
@@ -459,18 +529,11 @@ class RealFERDataset(LabelCounts, Dataset):
         failures are dropped from the dataset (``len``, ``targets`` and
         ``class_counts`` follow), added to ``skipped`` and reported once.
         """
-        from tqdm.auto import tqdm
-
-        bad: list[int] = []
-        paths: list[str] = []
-        for i in tqdm(range(len(self.samples)), disable=bar_disabled(progress), desc=f"verify {self.name}"):
-            try:
-                self._load(self.samples[i])
-            except (ImageDecodeError, DatasetFormatError) as err:
-                if self.on_error == "raise":
-                    raise
-                bad.append(i)
-                paths.append(str(getattr(err, "path", None) or self.samples[i].path))
+        errors = self.decode_errors(progress=progress, first_only=self.on_error == "raise")
+        if errors and self.on_error == "raise":
+            raise errors[0][1]
+        bad = [i for i, _ in errors]
+        paths = [str(getattr(err, "path", None) or self.samples[i].path) for i, err in errors]
         if bad:
             drop = set(bad)
             self._setup([s for k, s in enumerate(self.samples) if k not in drop])

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from ..labels import resolve_classes
-from .base import DatasetFormatError, RealFERDataset, Sample, decode_image, list_images, read_points
+from .base import DatasetFormatError, Published, RealFERDataset, Sample, decode_image, list_images, read_points
 
-__all__ = ["CKPlus", "LABEL_MAP", "CK_CLASSES", "TREE", "SOURCE", "subject_folds"]
+__all__ = ["CKPlus", "LABEL_MAP", "CK_CLASSES", "TREE", "SOURCE", "PUBLISHED", "subject_folds"]
 
 #: CK+'s emotion codes -> canonical names (:data:`fer.data.CLASSES`).
 LABEL_MAP: dict[int, str] = {
@@ -47,6 +47,14 @@ LABEL_MAP: dict[int, str] = {
 CK_CLASSES: tuple[str, ...] = resolve_classes(("anger", "contempt", "disgust", "fear", "happy", "sad", "surprise"), 7)
 _BASIC_6: tuple[str, ...] = resolve_classes(("anger", "disgust", "fear", "happy", "sad", "surprise"), 6)
 SOURCE = "https://www.jeffcohn.net/Resources/ (signed agreement)"
+#: Labelled sequences per class (327; x3 frames = MANet's 981 images).
+PUBLISHED = Published(
+    source="the emotion files of the release (Lucey et al., CVPR Workshops 2010: 327 labelled sequences of 593, "
+           "123 subjects); MANet's section IV.A (327 sequences, last three frames: 981 images)",
+    counts={"all": {"anger": 45, "contempt": 18, "disgust": 59, "fear": 25, "happy": 69, "sad": 28, "surprise": 83}},
+    unit="sequences",
+    notes="593 sequences from 123 subjects, 327 of them labelled",
+)
 #: The tree :class:`CKPlus` expects (also in ``data/README.md``).
 TREE = """\
 data/ckplus/
@@ -115,6 +123,8 @@ class CKPlus(RealFERDataset):
     name = "ckplus"
     tree = TREE
     source = SOURCE
+    splits = ("all",)
+    published = PUBLISHED
     default_classes = CK_CLASSES
 
     def __init__(self, root: str | os.PathLike, split: str = "all", *, fold: int | None = None,

@@ -19,9 +19,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..labels import resolve_classes
-from .base import DatasetFormatError, RealFERDataset, Sample, list_images
+from .base import DatasetFormatError, Published, RealFERDataset, Sample, list_images
 
-__all__ = ["FEDRO", "FOLDER_MAP", "TREE", "SOURCE"]
+__all__ = ["FEDRO", "FOLDER_MAP", "TREE", "SOURCE", "PUBLISHED"]
 
 #: Class folder names (case-insensitive) -> canonical names (:data:`fer.data.CLASSES`).
 #: The first name of each class is the one the documented tree uses.
@@ -43,6 +43,11 @@ FOLDER_MAP: dict[str, str] = {
 }
 SOURCE = ("the authors of Li et al., 'Occlusion aware facial expression recognition using CNN with attention "
           "mechanism', IEEE TIP 28(5), 2019 (on request)")
+#: 400 test images; the per-class counts are not published.
+PUBLISHED = Published(
+    source="Li et al., IEEE TIP 28(5), 2019 (FED-RO, 400 images); MAPNet's section 3.2",
+    totals={"test": 400},
+)
 #: The tree :class:`FEDRO` expects (also in ``data/README.md``).
 TREE = """\
 data/fedro/
@@ -72,6 +77,8 @@ class FEDRO(RealFERDataset):
     name = "fedro"
     tree = TREE
     source = SOURCE
+    splits = ("test",)
+    published = PUBLISHED
 
     def __init__(self, root: str | os.PathLike, split: str = "test", *, num_classes: int = 7,
                  classes: Sequence[str] | None = None, image_size: int | None = None,

@@ -28,6 +28,7 @@ from ..labels import resolve_classes
 from .base import (
     DatasetFormatError,
     ImageDecodeError,
+    Published,
     RealFERDataset,
     Sample,
     decode_image,
@@ -35,7 +36,7 @@ from .base import (
     list_images,
 )
 
-__all__ = ["FER2013", "LABEL_MAP", "FOLDER_MAP", "USAGE", "TREE", "SOURCE", "HEADER"]
+__all__ = ["FER2013", "LABEL_MAP", "FOLDER_MAP", "USAGE", "TREE", "SOURCE", "HEADER", "PUBLISHED"]
 
 #: FER2013's ``emotion`` codes -> canonical names (:data:`fer.data.CLASSES`).
 LABEL_MAP: dict[int, str] = {
@@ -76,6 +77,19 @@ data/fer2013/
 └── test/<class>/*.png     (.jpg also read)
 """
 _LAYOUTS = ("auto", "csv", "folders")
+#: Images per split (Training, PublicTest, PrivateTest) and class: 28,709 / 3,589 / 3,589.
+PUBLISHED = Published(
+    source="the emotion and Usage columns of Kaggle's fer2013.csv (Goodfellow et al. 2013); the totals are "
+           "Ghimire et al.'s section 4 and the class counts their Figure 6",
+    counts={
+        "train": {"anger": 3995, "disgust": 436, "fear": 4097, "happy": 7215, "neutral": 4965, "sad": 4830,
+                  "surprise": 3171},
+        "val": {"anger": 467, "disgust": 56, "fear": 496, "happy": 895, "neutral": 607, "sad": 653, "surprise": 415},
+        "test": {"anger": 491, "disgust": 55, "fear": 528, "happy": 879, "neutral": 626, "sad": 594,
+                 "surprise": 416},
+    },
+    notes="the folder copy's test/ is PublicTest + PrivateTest (7,178)",
+)
 
 
 class FER2013(RealFERDataset):
@@ -102,6 +116,8 @@ class FER2013(RealFERDataset):
     name = "fer2013"
     tree = TREE
     source = SOURCE
+    splits = tuple(USAGE)
+    published = PUBLISHED
 
     def __init__(self, root: str | os.PathLike, split: str = "train", *, layout: str = "auto",
                  num_classes: int = 7, classes: Sequence[str] | None = None, image_size: int | None = None,
@@ -212,6 +228,12 @@ class FER2013(RealFERDataset):
             warnings.warn(f"fer2013 ({self.split}): ignored {len(self.ignored)} non-image file(s) in class folders, "
                           f"first: {self.ignored[:5]}", stacklevel=3)
         return samples
+
+    def _published_split(self):
+        if self.layout == "folders" and self.split == "test":  # the folder copy's test/ = PublicTest + PrivateTest
+            val, test = PUBLISHED.counts["val"], PUBLISHED.counts["test"]
+            return {c: val[c] + test[c] for c in test}, None
+        return super()._published_split()
 
     # ------------------------------------------------------------------ meta
     def _meta(self, s: Sample) -> dict[str, Any]:

@@ -20,9 +20,18 @@ import numpy as np
 import torch
 
 from ..labels import resolve_classes
-from .base import DatasetFormatError, RealFERDataset, Sample, _DirCache, label_code, read_points, safe_join
+from .base import (
+    DatasetFormatError,
+    Published,
+    RealFERDataset,
+    Sample,
+    _DirCache,
+    label_code,
+    read_points,
+    safe_join,
+)
 
-__all__ = ["RAFDB", "LABEL_MAP", "TREE", "SOURCE", "ATTRIBUTES"]
+__all__ = ["RAFDB", "LABEL_MAP", "TREE", "SOURCE", "ATTRIBUTES", "PUBLISHED"]
 
 #: RAF-DB's own label codes -> canonical names (:data:`fer.data.CLASSES`).
 LABEL_MAP: dict[int, str] = {
@@ -41,6 +50,17 @@ ATTRIBUTES: dict[str, dict[int, str]] = {
     "age": {0: "0-3", 1: "4-19", 2: "20-39", 3: "40-69", 4: "70+"},
 }
 SOURCE = "http://www.whdeng.cn/RAF/model1.html (academic e-mail agreement)"
+#: The official partition of the basic subset, images per split and class (12,271 / 3,068).
+PUBLISHED = Published(
+    source="EmoLabel/list_patition_label.txt of RAF-DB basic as released (Li, Deng & Du, CVPR 2017); the totals "
+           "12,271 / 3,068 are also MANet's section IV.A and MAPNet's 3.2 (MSA-Net's 3.1 states 12,264 / 3,061)",
+    counts={
+        "train": {"surprise": 1290, "fear": 281, "disgust": 717, "happy": 4772, "sad": 1982, "anger": 705,
+                  "neutral": 2524},
+        "test": {"surprise": 329, "fear": 74, "disgust": 160, "happy": 1185, "sad": 478, "anger": 162,
+                 "neutral": 680},
+    },
+)
 #: The tree :class:`RAFDB` expects (also in ``data/README.md``).
 TREE = """\
 data/rafdb/                       (the contents of RAF-DB's basic/ folder)
@@ -91,6 +111,8 @@ class RAFDB(RealFERDataset):
     name = "rafdb"
     tree = TREE
     source = SOURCE
+    splits = _SPLITS
+    published = PUBLISHED
 
     def __init__(self, root: str | os.PathLike, split: str = "train", *, images: str = "aligned",
                  landmarks: str | None = None, num_classes: int = 7, classes: Sequence[str] | None = None,

@@ -9,29 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..datasets import affectnet, ckplus, fer2013, rafdb
+
 __all__ = ["Variant", "VARIANTS", "get_variant", "describe_variants", "RAFDB_COUNTS", "FER2013_COUNTS", "AFFECTNET_COUNTS", "CKPLUS_COUNTS"]
 
+# The published class counts live next to each loader (``PUBLISHED`` in fer.data.datasets.<name>).
 #: RAF-DB basic, official partition (Li et al. 2017), canonical names.
-RAFDB_COUNTS = {
-    "train": {"surprise": 1290, "fear": 281, "disgust": 717, "happy": 4772, "sad": 1982, "anger": 705, "neutral": 2524},
-    "test": {"surprise": 329, "fear": 74, "disgust": 160, "happy": 1185, "sad": 478, "anger": 162, "neutral": 680},
-}
+RAFDB_COUNTS = rafdb.PUBLISHED.counts
 #: FER2013 (Goodfellow et al. 2013): Training, PublicTest (val), PrivateTest (test).
-FER2013_COUNTS = {
-    "train": {"anger": 3995, "disgust": 436, "fear": 4097, "happy": 7215, "neutral": 4965, "sad": 4830, "surprise": 3171},
-    "val": {"anger": 467, "disgust": 56, "fear": 496, "happy": 895, "neutral": 607, "sad": 653, "surprise": 415},
-    "test": {"anger": 491, "disgust": 55, "fear": 528, "happy": 879, "neutral": 626, "sad": 594, "surprise": 416},
-}
+FER2013_COUNTS = fer2013.PUBLISHED.counts
 #: AffectNet manually annotated training set, 8 expressions; its validation set has 500 per class.
-AFFECTNET_COUNTS = {
-    "train": {"neutral": 74874, "happy": 134415, "sad": 25459, "surprise": 14090, "fear": 6378, "disgust": 3803,
-              "anger": 24882, "contempt": 3750},
-    "test": {c: 500 for c in ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")},
-}
+AFFECTNET_COUNTS = affectnet.PUBLISHED.counts
 #: CK+ labelled sequences (Lucey et al. 2010); each gives its last three frames.
-CKPLUS_COUNTS = {
-    "all": {"anger": 45, "contempt": 18, "disgust": 59, "fear": 25, "happy": 69, "sad": 28, "surprise": 83},
-}
+CKPLUS_COUNTS = ckplus.PUBLISHED.counts
 # Neutral is not a CK+ label (studies that use it take each sequence's first frame).
 # SynFER's choice: when `ck` is asked for 8 classes it draws neutral with weight 40,
 # about one sequence in nine.
