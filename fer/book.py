@@ -47,16 +47,32 @@ What happens, in order:
    fails on Sphinx errors and on warnings that mean a broken book (toc entries,
    missing citations, unresolved references); ``--strict`` fails on any warning.
 
+Every staged notebook carries a stamp in its metadata, ``fer_book: {status, profile,
+key, parameters}``: ``status`` is ``ok`` (executed by this run or taken from the cache
+under this run's key), ``failed`` or ``not-run``. Before anything executes, every staged
+notebook whose stamp does not carry the key this run computed for it is replaced by its
+unexecuted source marked ``not-run`` (a ``{warning}`` cell tagged ``fer-book-not-run``
+opens it), so a notebook staged by an earlier run with another profile or other
+parameters can never pass for this run's.
+
 A notebook that raises stops the run with exit status 1 and a message naming the
 notebook and the cell; the HTML is not built. Its page in ``_build/src/`` is then the
 partially executed notebook, never an older successful copy: an ``{error}`` admonition
-cell (tagged ``fer-book-failed``) opens it and its metadata holds
-``fer_book: {status: failed}``; ``build`` warns about such pages. Failures are not cached.
+cell (tagged ``fer-book-failed``) opens it and its stamp says ``failed``. The notebooks
+the run did not reach stay marked ``not-run``. Failures are not cached.
+
+No HTML page outlives the result it shows. ``build`` records the key of every page it
+renders in ``_build/html/fer-book-pages.json``; a run that ends without a build (a
+failure, or ``--no-build``) replaces the HTML of every page whose staged notebook
+changed since with a marked placeholder saying so (:func:`prune_stale_html`). ``build``
+refuses a staged book holding a notebook whose stamp disagrees with the run report
+(another profile, another key, or no stamp: :func:`stale_pages`), and warns about the
+marked ``failed`` / ``not-run`` pages, which render as such.
 
 Pages state what produced their numbers with :func:`banner`.
 
 Notebooks left out by ``--only`` are staged from a valid cache entry when there is
-one, otherwise unexecuted; the report marks them ``"skipped"``.
+one, otherwise unexecuted and marked ``not-run``; the report marks them ``"skipped"``.
 """
 from __future__ import annotations
 
@@ -106,6 +122,10 @@ __all__ = [
     "write_report",
     "build_html",
     "failed_pages",
+    "not_run_pages",
+    "stale_pages",
+    "prune_stale_html",
+    "NOT_RUN_TAG",
     "banner",
     "resolve_device",
     "main",
@@ -116,7 +136,7 @@ PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
 #: Names every notebook's ``parameters`` cell must define.
 REQUIRED_PARAMETERS: tuple[str, ...] = ("profile", "data_root")
 #: Bump when the meaning of a cache entry changes.
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: executed notebooks carry the ``fer_book`` stamp
 _PAGE_SUFFIXES: tuple[str, ...] = (".ipynb", ".md", ".rst")
 _PROFILES_FILE = Path("book") / "profiles.yml"
 _KERNEL_ENV: dict[str, str] = {
@@ -132,6 +152,12 @@ _KERNEL_ENV: dict[str, str] = {
 _DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?|auto")
 #: Tag of the admonition cell that marks a staged notebook as failed.
 FAILED_TAG = "fer-book-failed"
+#: Tag of the admonition cell that marks a staged notebook as not executed by the run.
+NOT_RUN_TAG = "fer-book-not-run"
+#: Notebook metadata key of the stamp every staged notebook carries.
+_STAMP = "fer_book"
+#: Keys of the pages an HTML build rendered (under ``_build/html``).
+_PAGES_FILE = "fer-book-pages.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: Build warnings that mean the book is broken, even without ``--strict``.
 _FATAL_WARNINGS = re.compile(
@@ -462,6 +488,13 @@ def _cache_lookup(paths: BookPaths, profile: str, nb_rel: Path, key: str) -> Pat
     return nb_path if meta.get("key") == key and nb_path.is_file() else None
 
 
+def _atomic_write_text(dest: Path, text: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, dest)
+
+
 def _atomic_copy(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
@@ -610,8 +643,15 @@ def _matches(rel: Path, pattern: str | None) -> bool:
     return fnmatch.fnmatch(posix, pattern) or fnmatch.fnmatch(posix[: -len(rel.suffix)], pattern)
 
 
+#: Why a notebook is staged ``not-run``.
+_NOT_REACHED = ("the run stopped before executing it (a notebook before it failed, or the run "
+                "was interrupted)")
+_NOT_SELECTED = ("it was left out by --only and no cached execution matches its current "
+                 "source and parameters")
+
+
 def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: bool) -> NotebookResult:
-    """Stage one notebook: from the cache, by executing it, or (not selected) as is."""
+    """Stage one notebook: from the cache, by executing it, or (not selected) marked ``not-run``."""
     result = NotebookResult(job.rel.as_posix(), profile, job.parameters, key=job.key)
     dest = paths.src / job.rel
     hit = None if force and job.selected else _cache_lookup(paths, profile, job.rel, job.key)
@@ -620,7 +660,7 @@ def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: b
         result.cached, result.status = True, "cached"
         return result
     if not job.selected:
-        _sync_file(paths.root / job.rel, dest)
+        _stage_marked(paths.root / job.rel, dest, _stamp(job, profile, "not-run", reason=_NOT_SELECTED))
         result.status = "skipped"
         return result
     start = time.perf_counter()
@@ -628,8 +668,11 @@ def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: b
     dest.unlink(missing_ok=True)
     try:
         _execute(paths.root / job.rel, dest, job.parameters, progress)
+        _write_stamp(dest, _stamp(job, profile, "ok"))
     except NotebookFailed as exc:
-        _mark_failed(paths.root / job.rel, dest, profile, str(exc).splitlines()[0])
+        summary = str(exc).splitlines()[0]
+        _stage_marked(dest, dest, _stamp(job, profile, "failed", error=summary),
+                      fallback=paths.root / job.rel)
         raise
     finally:
         result.seconds = round(time.perf_counter() - start, 2)
@@ -637,16 +680,74 @@ def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: b
     return result
 
 
-def _mark_failed(src: Path, dest: Path, profile: str, summary: str) -> None:
-    """Make ``dest`` the failed notebook, opened by an ``{error}`` admonition.
+def _stamp(job: _Job, profile: str, status: str, **extra: str) -> dict[str, Any]:
+    """The ``fer_book`` metadata of ``job``'s staged notebook."""
+    return {"status": status, "profile": profile, "key": job.key,
+            "parameters": json.loads(json.dumps(job.parameters, default=str)), **extra}
 
-    ``dest`` is the partially executed notebook papermill left, or else the source
-    notebook unexecuted; if neither can be read, ``dest`` is removed.
+
+def _write_notebook(nb: Any, dest: Path) -> None:
+    import nbformat
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    nbformat.write(nb, str(tmp))
+    os.replace(tmp, dest)
+
+
+def _write_stamp(path: Path, stamp: Mapping[str, Any]) -> None:
+    """Stamp the executed notebook ``path`` (papermill's output) in place."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata[_STAMP] = dict(stamp)
+    _write_notebook(nb, path)
+
+
+def _marker_cell(stamp: Mapping[str, Any]) -> Any:
+    """The admonition that opens a ``failed`` or ``not-run`` page."""
+    import nbformat
+
+    profile = stamp["profile"]
+    if stamp["status"] == "failed":
+        text = (
+            "```{error}\n"
+            f"**This page failed to execute** when the book was run with profile `{profile}`. "
+            "What follows is the partially executed notebook: its numbers and figures are "
+            "missing or incomplete, and none of them comes from an earlier run.\n\n"
+            f"`{str(stamp.get('error', '')).replace('`', chr(39))}`\n"
+            "```"
+        )
+        tag = FAILED_TAG
+    else:
+        text = (
+            "```{warning}\n"
+            f"**This page was not executed** by the latest run of the book (profile `{profile}`): "
+            f"{stamp.get('reason', '')}. It shows the notebook's code without results; none of "
+            "its numbers or figures comes from an earlier run.\n"
+            "```"
+        )
+        tag = NOT_RUN_TAG
+    cell = nbformat.v4.new_markdown_cell(text)
+    cell.metadata["tags"] = [tag]
+    return cell
+
+
+def _stage_marked(src: Path, dest: Path, stamp: Mapping[str, Any], fallback: Path | None = None) -> None:
+    """Stage ``src`` (else ``fallback``) at ``dest``, opened by its marker cell and stamped.
+
+    For ``failed``, ``src`` is the partially executed notebook papermill left and
+    ``fallback`` the source notebook; if neither can be read, ``dest`` is removed.
+    Nothing is rewritten when ``dest`` already carries the same stamp.
     """
     import nbformat
 
+    if src != dest and _read_stamp(dest) == json.loads(json.dumps(dict(stamp), default=str)):
+        return
     nb = None
-    for candidate in (dest, src):
+    for candidate in (src, fallback):
+        if candidate is None:
+            continue
         try:
             nb = nbformat.read(candidate, as_version=4)
             break
@@ -655,37 +756,142 @@ def _mark_failed(src: Path, dest: Path, profile: str, summary: str) -> None:
     if nb is None:
         dest.unlink(missing_ok=True)
         return
-    text = (
-        "```{error}\n"
-        f"**This page failed to execute** when the book was run with profile `{profile}`. "
-        "What follows is the partially executed notebook: its numbers and figures are "
-        "missing or incomplete, and none of them comes from an earlier run.\n\n"
-        f"`{summary.replace('`', chr(39))}`\n"
-        "```"
-    )
-    cell = nbformat.v4.new_markdown_cell(text)
-    cell.metadata["tags"] = [FAILED_TAG]
+    cell = _marker_cell(stamp)
     if nb.get("nbformat_minor", 0) < 5:
         cell.pop("id", None)
     nb.cells.insert(0, cell)
-    nb.metadata["fer_book"] = {"status": "failed", "profile": profile, "error": summary}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    nbformat.write(nb, str(tmp))
-    os.replace(tmp, dest)
+    nb.metadata[_STAMP] = dict(stamp)
+    _write_notebook(nb, dest)
+
+
+def _read_stamp(path: Path) -> dict[str, Any] | None:
+    """The ``fer_book`` stamp of a staged notebook, or None (missing, unreadable, unstamped)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    stamp = meta.get(_STAMP) if isinstance(meta, dict) else None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def _staged_notebooks(paths: BookPaths) -> list[Path]:
+    return sorted(paths.src.rglob("*.ipynb")) if paths.src.is_dir() else []
+
+
+def _pages_with_status(paths: BookPaths, status: str) -> list[str]:
+    return [
+        path.relative_to(paths.src).as_posix()
+        for path in _staged_notebooks(paths)
+        if (_read_stamp(path) or {}).get("status") == status
+    ]
 
 
 def failed_pages(paths: BookPaths) -> list[str]:
     """Staged notebooks (relative to ``paths.src``) marked as failed by a run."""
-    failed = []
-    for path in sorted(paths.src.rglob("*.ipynb")) if paths.src.is_dir() else ():
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
-        except (OSError, ValueError):
+    return _pages_with_status(paths, "failed")
+
+
+def not_run_pages(paths: BookPaths) -> list[str]:
+    """Staged notebooks marked as not executed by the run that staged them."""
+    return _pages_with_status(paths, "not-run")
+
+
+def _read_report(paths: BookPaths) -> dict[str, Any] | None:
+    try:
+        report = json.loads(paths.report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def stale_pages(paths: BookPaths) -> dict[str, str]:
+    """Staged notebooks that show results the last run did not produce, and why.
+
+    A notebook is stale when it has no ``fer_book`` stamp, or when its stamp says
+    ``ok`` but names another profile than the run report, or a key the report does
+    not hold for it (a run stopped half way, or files copied in by hand). Notebooks
+    marked ``failed`` or ``not-run`` are not stale: their page says what they are.
+    """
+    report = _read_report(paths)
+    entries = (report or {}).get("notebooks") or {}
+    stale: dict[str, str] = {}
+    for path in _staged_notebooks(paths):
+        rel = path.relative_to(paths.src).as_posix()
+        stamp = _read_stamp(path)
+        if stamp is None:
+            stale[rel] = "it carries no fer_book stamp, so no run of python -m fer.book staged it"
+        elif stamp.get("status") in ("failed", "not-run"):
             continue
-        if (meta.get("fer_book") or {}).get("status") == "failed":
-            failed.append(path.relative_to(paths.src).as_posix())
-    return failed
+        elif report is None:
+            stale[rel] = f"there is no run report ({paths.report}) to check it against"
+        elif stamp.get("profile") != report.get("profile"):
+            stale[rel] = (f"it was executed with profile {stamp.get('profile')!r}, the last run "
+                          f"used {report.get('profile')!r}")
+        elif (entries.get(rel) or {}).get("key") != stamp.get("key"):
+            stale[rel] = "it is not the execution the last run recorded for it (its key differs)"
+    return stale
+
+
+def _built_pages(paths: BookPaths) -> dict[str, str]:
+    try:
+        pages = json.loads((paths.html / _PAGES_FILE).read_text(encoding="utf-8")).get("pages")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return pages if isinstance(pages, dict) else {}
+
+
+def _write_built_pages(paths: BookPaths, pages: Mapping[str, str]) -> None:
+    paths.html.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(paths.html / _PAGES_FILE, json.dumps({"pages": dict(pages)}, indent=1, sort_keys=True))
+
+
+def _current_key(path: Path) -> str | None:
+    """The key a staged notebook was executed under, or None unless its stamp says ``ok``."""
+    stamp = _read_stamp(path) or {}
+    return stamp.get("key") if stamp.get("status") == "ok" else None
+
+
+_STALE_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Out of date: {rel}</title></head>
+<body><div class="admonition error fer-book-stale">
+<p class="admonition-title">This page is out of date and was withdrawn</p>
+<p>The latest run of the book (profile <code>{profile}</code>) did not produce the results
+this page showed: {why}. Its old version was removed so that no result from an earlier
+run is shown as current. Rebuild the book (<code>python -m fer.book run</code>, or
+<code>python -m fer.book build</code> after a successful run) to see it.</p>
+</div></body></html>
+"""
+
+
+def prune_stale_html(paths: BookPaths, profile: str) -> list[str]:
+    """Withdraw the HTML of every page whose staged notebook changed since the last build.
+
+    Each such ``_build/html/<page>.html`` is replaced by a marked placeholder (and its
+    copy under ``_sources`` removed); returns the pages withdrawn. Called when a run
+    ends without a build, so the HTML never shows a result the staged book lost.
+    """
+    if not paths.html.is_dir():
+        return []
+    built = _built_pages(paths)
+    withdrawn = []
+    for path in _staged_notebooks(paths):
+        rel = path.relative_to(paths.src).as_posix()
+        page = paths.html / Path(rel).with_suffix(".html")
+        key = _current_key(path)
+        if not page.is_file() or (key is not None and built.get(rel) == key):
+            continue
+        status = (_read_stamp(path) or {}).get("status")
+        why = {"failed": "the notebook failed to execute",
+               "not-run": "the notebook was not executed"}.get(
+            status, "the notebook was executed again and the HTML was not rebuilt")
+        _atomic_write_text(page, _STALE_HTML.format(rel=rel, profile=profile, why=why))
+        for source in (paths.html / "_sources").glob(Path(rel).as_posix() + "*"):
+            source.unlink(missing_ok=True)
+        built[rel] = "withdrawn"
+        withdrawn.append(rel)
+    if withdrawn:
+        _write_built_pages(paths, built)
+    return withdrawn
 
 
 def run_notebooks(
@@ -714,6 +920,12 @@ def run_notebooks(
     if device is not None and not _DEVICE.fullmatch(device):
         raise BookError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
     plan = _plan(paths, notebooks, profile, data_root, only, package_dir, device)
+    # Whatever an earlier run staged under another key (profile, parameters, sources) is
+    # withdrawn first: if this run stops, those pages say they were not executed.
+    for job in plan:
+        if _current_key(paths.src / job.rel) != job.key:
+            _stage_marked(paths.root / job.rel, paths.src / job.rel,
+                          _stamp(job, profile, "not-run", reason=_NOT_REACHED))
     results: dict[Path, NotebookResult] = {}
     failure: NotebookFailed | None = None
     stop = threading.Event()  # set by the first failure: later notebooks do not start
@@ -787,9 +999,21 @@ def write_report(
 def build_html(paths: BookPaths, *, strict: bool = False) -> list[str]:
     """Run ``jupyter-book build`` on the staged source; return its warning lines.
 
-    The HTML lands in ``<root>/_build/html``. Raises :class:`BookError` when the
+    The HTML lands in ``<root>/_build/html``. Raises :class:`BookError` before
+    building when a staged notebook is stale (:func:`stale_pages`), and when the
     build fails, when a warning means a broken book, or (``strict``) on any warning.
+    On success the key of every rendered notebook is recorded for
+    :func:`prune_stale_html`.
     """
+    stale = stale_pages(paths)
+    if stale:
+        listed = "\n  ".join(f"{rel}: {why}" for rel, why in stale.items())
+        raise BookError(
+            f"refusing to build: these staged notebooks are not what the last run produced:\n  {listed}\n"
+            "rerun them with 'python -m fer.book run --profile <profile>' (add --only GLOB for a few)"
+        )
+    rendered = {path.relative_to(paths.src).as_posix(): _current_key(path) or str(_read_stamp(path)["status"])
+                for path in _staged_notebooks(paths)}
     cmd = [
         sys.executable,
         "-c",
@@ -821,6 +1045,7 @@ def build_html(paths: BookPaths, *, strict: bool = False) -> list[str]:
             "the book built but is broken:\n  " + "\n  ".join(fatal)
             + f"\nfix these (full log in {paths.build / 'jupyter-book.log'})"
         )
+    _write_built_pages(paths, rendered)
     return warnings
 
 
@@ -935,7 +1160,7 @@ def _build_command(argv: Sequence[str]) -> int:
         paths = BookPaths(find_root(args.root))
         if not (paths.src / "_toc.yml").is_file():
             raise BookError(f"nothing is staged in {paths.src}: run 'python -m fer.book run' first")
-        failed = failed_pages(paths)
+        failed, not_run = failed_pages(paths), not_run_pages(paths)
         start = time.perf_counter()
         warnings = build_html(paths, strict=args.strict)
         seconds = time.perf_counter() - start
@@ -951,7 +1176,17 @@ def _build_command(argv: Sequence[str]) -> int:
     if failed:
         print("warning: these pages are failed notebooks (marked as such on the page): "
               + ", ".join(failed), file=sys.stderr)
+    if not_run:
+        print("warning: these pages were not executed by the last run (marked as such on the "
+              "page): " + ", ".join(not_run), file=sys.stderr)
     return 0
+
+
+def _report_withdrawn(withdrawn: Sequence[str], paths: BookPaths) -> None:
+    if withdrawn:
+        print(f"warning: withdrew the HTML of {len(withdrawn)} page(s) whose results this run did "
+              f"not reproduce (each now says so in {paths.html}): " + ", ".join(withdrawn),
+              file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -985,6 +1220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_report(paths, args.profile, data_root, results, time.perf_counter() - start)
         print(f"notebooks staged in {paths.src} ({time.perf_counter() - start:.1f} s)")
         if args.no_build:
+            _report_withdrawn(prune_stale_html(paths, args.profile), paths)
             return 0
         build_start = time.perf_counter()
         warnings = build_html(paths, strict=args.strict)
@@ -1000,6 +1236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         print("error: the HTML was not built; the failed notebook is staged marked as "
               "failed, not as its last successful run", file=sys.stderr)
+        if paths is not None:
+            _report_withdrawn(prune_stale_html(paths, args.profile), paths)
         return 1
     except BookError as exc:
         print(f"error: {exc}", file=sys.stderr)
