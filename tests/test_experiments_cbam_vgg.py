@@ -5,6 +5,8 @@ The numbers checked here are the paper's and the architecture's; the runs use th
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -83,6 +85,45 @@ def test_protocol_stages_unfreeze_the_last_three_conv_layers():
     table = C.schedule_table(s)
     assert table["conv layers trained"].tolist()[-1] == "conv5_3, conv5_2, conv5_1"
     assert table["trainable parameters"].tolist() == [595_033, 2_954_841, 5_314_649, 7_674_457]
+
+
+def test_every_rows_normalisation_is_that_of_the_weights_it_loads(monkeypatch):
+    """Issue 15 section 4.1: row (d) once took VGG-Face's mean pixel and 1/255 std for ImageNet
+    VGG16 (its probe was built without ``weights=``). No weight file is read here: the loaders
+    are stubbed, the pretrained_cfg each builder sets is what is checked."""
+    import torchvision
+
+    import fer.models.cbam_vgg as M
+
+    monkeypatch.setattr(C, "load_vggface", lambda model, *a, **k: None)
+    monkeypatch.setattr(M, "_load_vgg_imagenet", lambda model: None)
+
+    def fresh_state(weights, **_):  # a fresh torchvision model of the weights' family
+        name = type(weights).__name__[:-len("_Weights")].lower()
+        return torchvision.models.get_model(name, **({"init_weights": False} if name == "inception_v3" else {})
+                                            ).state_dict()
+
+    monkeypatch.setattr(M, "load_torchvision_state_dict", fresh_state)
+    captured = {}
+    monkeypatch.setattr(C, "run", lambda name, config, build, *a, **k: captured.setdefault(name, (config, build)))
+    paper = dataclasses.replace(C.profile_setups()["paper"], input_size=64)  # full width, smaller heads
+    seen = {}
+    for row in C.FIGURE7:
+        if not C.buildable(row):
+            continue
+        captured.clear()
+        C.run_row(paper, C.ChapterData(None, None, None, "none"), row.key, progress=False)
+        (config, build), = captured.values()
+        weights = C.row_weights(row, paper)
+        if weights is None:  # from scratch: no weights, the chapter's 0.5 / 0.5
+            assert (config.mean, config.std) == ((0.5,) * 3, (0.5,) * 3)
+            continue
+        cfg = build().pretrained_cfg  # the model the run trains, with its weights "loaded"
+        assert config.mean == pytest.approx(cfg["mean"]) and config.std == pytest.approx(cfg["std"]), row.key
+        seen[row.key] = config.mean
+    assert set(seen) == {"b", "d", "e", "f", "g", "cbam"}
+    assert seen["d"] == pytest.approx((0.485, 0.456, 0.406))  # ImageNet VGG16, not VGG-Face's mean pixel
+    assert seen["g"] == pytest.approx(tuple(m / 255 for m in M.VGGFACE_MEAN))
 
 
 def test_build_model_scales_and_loads_the_face_stand_in(tmp_path, monkeypatch):

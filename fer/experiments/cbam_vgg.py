@@ -357,7 +357,7 @@ def buildable(row: str | PaperRow) -> bool:
 
 
 def build_model(name: str, *, input_size: int, width: float = 1.0, weights: str | None = None,
-                face_run: str | None = None, num_classes: int = 7) -> nn.Module:
+                face_run: str | None = None, num_classes: int = 7, load: bool = True) -> nn.Module:
     """A Figure 7 model at this chapter's scale, with its starting weights loaded.
 
     Args:
@@ -368,6 +368,9 @@ def build_model(name: str, *, input_size: int, width: float = 1.0, weights: str 
         weights: ``None``, ``"vggface"``, ``"imagenet"`` or ``"synfer-face"``.
         face_run: the :func:`face_pretrain` run folder, or its name under the runs root
             (for ``"synfer-face"``).
+        load: load ``weights``; ``False`` builds the same model with the ``pretrained_cfg``
+            (normalisation) of ``weights`` but reads no file: the probe that
+            :func:`run_row` takes its :func:`train_config` from.
     """
     kw: dict[str, Any] = {"num_classes": num_classes, "img_size": input_size}
     if name in _WIDTH_MODELS:
@@ -375,9 +378,12 @@ def build_model(name: str, *, input_size: int, width: float = 1.0, weights: str 
     elif name == "small_cnn":
         kw["widths"] = tuple(max(4, int(round(c * width))) for c in (32, 64, 128, 256))
     if weights == "imagenet":
-        return create_model(name, pretrained=True, weights="imagenet", **kw) if name in _WIDTH_MODELS \
-            else create_model(name, pretrained=True, **kw)
+        if name in _WIDTH_MODELS:  # VGG builders default to VGG-Face's pretrained_cfg: name the weights
+            kw["weights"] = "imagenet"
+        return create_model(name, pretrained=load, **kw)
     model = create_model(name, **kw)
+    if not load:
+        return model
     if weights == "vggface":
         load_vggface(model)
     elif weights == "synfer-face":
@@ -439,7 +445,10 @@ def run_row(setup: Setup, data: ChapterData, row: str, *, face: RunResult | None
     face_name = None if face_run is None else Path(face_run).name
     build = partial(build_model, r.model, input_size=setup.input_size, width=setup.width, weights=weights,
                     face_run=face_name)
-    probe = build_model(r.model, input_size=setup.input_size, width=setup.width)
+    # The probe carries the pretrained_cfg of the weights the run loads (no file read), so the
+    # normalisation is theirs: ImageNet VGG16 (row d) must not get VGG-Face's mean pixel.
+    probe = build_model(r.model, input_size=setup.input_size, width=setup.width, weights=weights,
+                        face_run=face_name, load=False)
     config = train_config(setup, probe, pretrained=weights is not None)
     spec = {"row": r.key, "model": r.model, "weights": weights, "width": setup.width,
             "face_run": face_name}
