@@ -27,7 +27,7 @@ keyword arguments. User-supplied weight files live in :func:`weights_dir`
 """
 from __future__ import annotations
 
-from . import cbam_vgg, manet, mapnet, masked, msanet
+from . import cbam_vgg, dlib_resnet, manet, mapnet, masked, msanet
 from ._hub import load_torchvision_state_dict, torch_hub_checkpoint_path, weights_dir
 from ._registry import create_model, is_model, list_models, model_entrypoint, register_model
 from .cbam_vgg import (
@@ -50,6 +50,7 @@ __all__ = [
     "torch_hub_checkpoint_path",
     "load_torchvision_state_dict",
     "cbam_vgg",
+    "dlib_resnet",
     "manet",
     "mapnet",
     "masked",
