@@ -163,7 +163,12 @@ def test_datasets_without_fingerprint_need_one(tmp_path):
 # ----------------------------------------------------------------------------- resume after SIGKILL
 
 CHILD = textwrap.dedent('''
-    """Train a tiny model on a tiny SynFER set through fer.runs.run; PAUSE_AT=k sleeps at the k-th batch."""
+    """Train a tiny model on a tiny SynFER set through fer.runs.run.
+
+    PAUSE_AT=k sleeps at the k-th training batch of this process (after touching MARKER);
+    OPTIM=adam trains with Adam and an iteration-based step schedule instead of SGD with
+    an epoch-based one. Prints how many training batches this process ran.
+    """
     import os, sys, time
     import torch
     from torch import nn
@@ -190,7 +195,7 @@ CHILD = textwrap.dedent('''
             global calls
             if self.training:
                 calls += 1
-                if calls == PAUSE_AT:  # mid-epoch 3: the epoch-2 checkpoint is on disk
+                if calls == PAUSE_AT:
                     open(MARKER, "w").close()
                     time.sleep(600)
             return self.head(self.drop(self.features(x).mean((2, 3))))
@@ -203,12 +208,19 @@ CHILD = textwrap.dedent('''
     train = cache_dataset(SynFER("clean", "train", n=24, image_size=16, class_balance="uniform",
                                  with_relevance=False), progress=False)
     val = cache_dataset(SynFER("clean", "val", n=12, image_size=16, with_relevance=False), progress=False)
-    cfg = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="step", step_size=2,
-                      batch_size=8, hflip=True, shift=2, seed=7,
-                      stages=[Stage(epochs=1, trainable=["head"], name="head"), Stage(epochs=3, lr_scale=0.5)])
+    stages = [Stage(epochs=1, trainable=["head"], name="head"), Stage(epochs=3, lr_scale=0.5)]
+    if os.environ.get("OPTIM") == "adam":
+        cfg = TrainConfig(optimizer="adam", lr=3e-3, schedule="step", schedule_unit="iteration", step_size=4,
+                          gamma=0.5, batch_size=8, hflip=True, shift=2, seed=7, stages=stages)
+    else:
+        cfg = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="step",
+                          step_size=2, batch_size=8, hflip=True, shift=2, seed=7, stages=stages)
     res = run("resume", cfg, build, train, val, progress=False)
     print("CACHED" if res.cached else "TRAINED", res.metrics["val"]["accuracy"], flush=True)
+    print(f"BATCHES {calls}", flush=True)
 ''')
+#: 24 samples / batch 8 = 3 batches per epoch; stage "head" is epoch 1, the rest epochs 2-4.
+BATCHES_PER_EPOCH, EPOCHS = 3, 4
 
 
 def _child(script: Path, root: Path, **env: str) -> subprocess.Popen:
@@ -223,27 +235,24 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
     return out
 
 
+def _batches(out: str) -> int:
+    return int(out.split("BATCHES ")[1].split()[0])
+
+
 def _comparable(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "timing"}
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    killed_root, reference_root = tmp_path / "killed", tmp_path / "reference"
-    marker = tmp_path / "paused"
-    # 24 samples / batch 8 = 3 batches per epoch: the 8th training batch is the 2nd of epoch 3 (of 4)
-    victim = _child(script, killed_root, PAUSE_AT="8", MARKER=str(marker))
-    reference = _child(script, reference_root)
+def _kill_at(script: Path, root: Path, marker: Path, pause_at: int, **env: str) -> None:
+    """Run the child until its ``pause_at``-th training batch, then SIGKILL it."""
+    marker.unlink(missing_ok=True)
+    victim = _child(script, root, PAUSE_AT=str(pause_at), MARKER=str(marker), **env)
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
             assert victim.poll() is None, victim.communicate()[0]
-            assert time.monotonic() < deadline, "the child never reached epoch 3"
+            assert time.monotonic() < deadline, f"the child never reached batch {pause_at}"
             time.sleep(0.05)
-        (folder,) = killed_root.iterdir()
-        ckpt = load_checkpoint(folder / "checkpoint.pt")
-        assert ckpt["epoch"] == 2 and ckpt["stage"] == 1 and not ckpt["finished"]
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=30)
         assert victim.returncode == -signal.SIGKILL
@@ -251,30 +260,81 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
         if victim.poll() is None:
             victim.kill()
             victim.wait()
-    assert not (folder / "metrics.json").exists()
-    assert len((folder / "history.jsonl").read_text().splitlines()) == 2
 
-    out = _finish(_child(script, killed_root))
-    assert "resuming: " in out and "at epoch 2/4" in out and "TRAINED" in out
-    ref_out = _finish(reference)
-    assert "TRAINED" in ref_out
-    (ref_folder,) = reference_root.iterdir()
+
+def _history(folder: Path) -> list[str]:
+    return (folder / "history.jsonl").read_text().splitlines()
+
+
+@pytest.fixture(scope="module")
+def child_script(tmp_path_factory) -> Path:
+    script = tmp_path_factory.mktemp("child") / "child.py"
+    script.write_text(CHILD)
+    return script
+
+
+@pytest.fixture(scope="module")
+def references(child_script, tmp_path_factory) -> dict[str, Path]:
+    """Uninterrupted runs, one per optimiser, trained at once in two processes."""
+    roots = {optim: tmp_path_factory.mktemp(f"reference-{optim}") for optim in ("sgd", "adam")}
+    procs = {optim: _child(child_script, root, OPTIM=optim) for optim, root in roots.items()}
+    folders = {}
+    for optim, proc in procs.items():
+        out = _finish(proc)
+        assert "TRAINED" in out and _batches(out) == BATCHES_PER_EPOCH * EPOCHS
+        (folders[optim],) = roots[optim].iterdir()
+    return folders
+
+
+# (kill at these training batches of successive processes, optimiser, epochs on disk after each kill)
+KILLS = {
+    "mid-epoch": ([8], "sgd", [2]),  # 2nd batch of epoch 3: the epoch-2 checkpoint is on disk
+    "stage-boundary": ([4], "sgd", [1]),  # 1st batch of stage 2: only stage "head" is done
+    "adam-iterations": ([8], "adam", [2]),  # Adam moments and an iteration-counted lr step
+    "two-kills": ([5, 5], "sgd", [1, 2]),  # epoch 2 then (after resuming at 1) epoch 3
+}
+
+
+@pytest.mark.parametrize("case", list(KILLS), ids=list(KILLS))
+def test_resume_after_sigkill_continues_and_matches_an_uninterrupted_run(case, child_script, references, tmp_path):
+    pauses, optim, epochs_on_disk = KILLS[case]
+    root, marker = tmp_path / "killed", tmp_path / "paused"
+    kept: list[str] = []
+    for pause_at, epochs in zip(pauses, epochs_on_disk, strict=True):
+        _kill_at(child_script, root, marker, pause_at, OPTIM=optim)
+        (folder,) = root.iterdir()
+        ckpt = load_checkpoint(folder / "checkpoint.pt")
+        assert ckpt["epoch"] == epochs and not ckpt["finished"]
+        assert ckpt["step"] == epochs * BATCHES_PER_EPOCH
+        assert ckpt["stage"] == (0 if epochs == 1 else 1)  # stage "head" is epoch 1
+        assert not (folder / "metrics.json").exists()
+        history = _history(folder)
+        assert len(history) == epochs
+        assert history[: len(kept)] == kept  # records written before an earlier kill survive as written
+        kept = history
+
+    out = _finish(_child(child_script, root, OPTIM=optim))
+    assert "resuming: " in out and f"at epoch {epochs_on_disk[-1]}/{EPOCHS}" in out and "TRAINED" in out
+    # the last process trained only the epochs that were missing: a silent retrain would run all 12
+    assert _batches(out) == (EPOCHS - epochs_on_disk[-1]) * BATCHES_PER_EPOCH
+    history = _history(folder)
+    assert history[: len(kept)] == kept and len(history) == EPOCHS
+
+    ref_folder = references[optim]
     assert ref_folder.name == folder.name  # same config, code and data: same hash
 
     def read(f: Path, name: str):
         return json.loads((f / name).read_text())
 
     assert _comparable(read(folder, "metrics.json")) == _comparable(read(ref_folder, "metrics.json"))
-    hist = [{k: v for k, v in r.items() if k != "seconds"} for r in
-            map(json.loads, (folder / "history.jsonl").read_text().splitlines())]
-    ref_hist = [{k: v for k, v in r.items() if k != "seconds"} for r in
-                map(json.loads, (ref_folder / "history.jsonl").read_text().splitlines())]
-    assert hist == ref_hist and len(hist) == 4
+    strip = lambda lines: [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in lines]  # noqa: E731
+    assert strip(history) == strip(_history(ref_folder))
     a, b = load_checkpoint(folder / "checkpoint.pt"), load_checkpoint(ref_folder / "checkpoint.pt")
-    assert a["finished"] and b["finished"] and a["step"] == b["step"] == 12
+    assert a["finished"] and b["finished"] and a["step"] == b["step"] == EPOCHS * BATCHES_PER_EPOCH
     for k in b["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
-    # and now it is cached
-    assert "CACHED" in _finish(_child(script, killed_root))
+    # and now it is cached: nothing trains
+    out = _finish(_child(child_script, root, OPTIM=optim))
+    assert "CACHED" in out and _batches(out) == 0
