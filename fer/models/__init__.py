@@ -27,7 +27,7 @@ keyword arguments. User-supplied weight files live in :func:`weights_dir`
 """
 from __future__ import annotations
 
-from . import cbam_vgg, dlib_resnet, manet, mapnet, masked, msanet
+from . import cbam_vgg, dlib_resnet, fer_judge, manet, mapnet, masked, msanet
 from ._hub import load_torchvision_state_dict, torch_hub_checkpoint_path, weights_dir
 from ._registry import create_model, is_model, list_models, model_entrypoint, register_model
 from .cbam_vgg import (
@@ -51,6 +51,7 @@ __all__ = [
     "load_torchvision_state_dict",
     "cbam_vgg",
     "dlib_resnet",
+    "fer_judge",
     "manet",
     "mapnet",
     "masked",
