@@ -1,12 +1,18 @@
 """fer.experiments.mapnet: the MAPNet chapter's numbers, protocol, data with masks and cached runs."""
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
 
 from fer.experiments import mapnet as E
+from fer.experiments._common import stratified_indices
 from fer.models.mapnet import MapNetLoss
+
+import fixtures_datasets as fx  # tests/ helper module (pytest puts tests/ on sys.path)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,3 +118,66 @@ def test_affectnet_stand_in_and_unknown_dataset():
     assert tuple(data.occluded.tensors["mask"].shape[1:]) == (1, 48, 48)
     with pytest.raises(ValueError, match="dataset must be"):
         E.load_data(E.Setup(), "fer2013")
+
+
+# ---------------------------------------------------------------------- AffectNet's 33,803 (issue 15, section 4.2)
+_AFFECTNET_KEEP = {"neutral": 6, "happy": 6, "sad": 4, "surprise": 4, "fear": 2, "disgust": 2, "anger": 2,
+                   "contempt": 6}
+
+
+def _paper_root(root):
+    """AffectNet in its real format with unequal classes (26 seven-class training images), and FED-RO
+    with a landmark cache (a stub detector), so that the paper profile's data loads."""
+    from fer.data import load_dataset
+    from fer.data.datasets import affectnet
+    from fer.data.landmarks import annotate_dataset, landmarks_path
+
+    fx.write_affectnet(root / "affectnet", n_train=48, n_test=8)  # 6 training images per class of 8
+    csv = root / "affectnet/training.csv"
+    lines, seen = csv.read_text().splitlines(), Counter()
+    kept = [lines[0]]
+    for line in lines[1:]:
+        name = affectnet.LABEL_MAP.get(int(line.split(",")[6]))  # the expression column
+        seen[name] += 1
+        if name is None or seen[name] <= _AFFECTNET_KEEP[name]:
+            kept.append(line)
+    csv.write_text("\n".join(kept) + "\n")
+    fx.write_fedro(root / "fedro", per_class=1)
+    fedro = load_dataset("fedro", root)
+    pts = np.tile(np.linspace(20, 80, 68, dtype=np.float32)[:, None], (1, 2))
+    annotate_dataset(fedro, landmarks_path(fedro.root, "test"), backend=lambda ims, **_: [pts] * len(ims),
+                     progress=False, base_dir=fedro.root)
+    return root
+
+
+def test_stratified_indices_keep_each_class_share():
+    y = np.repeat([0, 1, 2], [50, 30, 20])
+    assert np.bincount(y[stratified_indices(y, 10, 0)]).tolist() == [5, 3, 2]
+    assert np.bincount(y[stratified_indices(y, 7, 0)]).tolist() == [4, 2, 1]  # 3.5, 2.1, 1.4: largest remainder
+    idx = stratified_indices(y, 10, 0)
+    assert np.array_equal(idx, np.sort(idx)) and len(set(idx.tolist())) == 10
+    assert np.array_equal(stratified_indices(y, 200, 0), np.arange(100))
+
+
+def test_paper_profile_trains_on_a_seeded_class_stratified_affectnet_subset(tmp_path):
+    from fer.data import load_dataset
+
+    root = _paper_root(tmp_path)
+    ds = load_dataset("affectnet", root, "train")
+    assert ds.class_counts == {c: k for c, k in _AFFECTNET_KEEP.items() if c != "contempt"} and len(ds) == 26
+    idx = E.affectnet_subset(ds.targets, 13)
+    assert len(idx) == 13 and len(set(idx.tolist())) == 13
+    half = {c: k // 2 for c, k in ds.class_counts.items()}
+    assert ds.subset(idx).class_counts == half  # each class keeps its share of the list
+    assert np.array_equal(idx, E.affectnet_subset(ds.targets, 13))  # seeded: the same images every time
+    assert not np.array_equal(idx, E.affectnet_subset(ds.targets, 13, seed=E.AFFECTNET_SUBSET_SEED + 1))
+    # the paper profile uses it, with the paper's number
+    paper = E.profile_setups()["paper"]
+    assert paper.affectnet_train == E.PAPER_DATA["AffectNet"][0] == 33_803
+    setup = dataclasses.replace(paper, data_root=str(root), image_size=32, pretrained=False, affectnet_train=13)
+    data = E.load_data(setup, "affectnet", progress=False)
+    assert len(data.train) == 13 and data.train.class_counts == half
+    assert data.train.labels.tolist() == ds.subset(idx).targets  # those images, in list order
+    again = E.load_data(setup, "affectnet", progress=False)
+    assert torch.equal(data.train.images, again.train.images)
+    assert len(E.load_data(dataclasses.replace(setup, affectnet_train=None), "affectnet", progress=False).train) == 26

@@ -17,7 +17,8 @@ import torch
 from ..explain import localisation_scores
 from ..train import CachedDataset, InputTransform, TrainConfig
 
-__all__ = ["ProfileSetup", "profile_setups", "random_subset", "model_input", "localisation_row"]
+__all__ = ["ProfileSetup", "profile_setups", "random_subset", "stratified_indices", "model_input",
+           "localisation_row"]
 
 S = TypeVar("S", bound="ProfileSetup")
 
@@ -59,6 +60,30 @@ def random_subset(ds: CachedDataset, n: int | None, seed: int) -> CachedDataset:
     if n is None or n >= len(ds):
         return ds
     return ds.subset(np.sort(np.random.default_rng(seed).permutation(len(ds))[:n]))
+
+
+def stratified_indices(targets: Any, n: int, seed: int) -> np.ndarray:
+    """``n`` indices into ``targets`` drawn class-stratified with ``seed``, sorted.
+
+    Each class keeps its share of ``targets``: it gets ``n * count / total`` samples,
+    rounded down, and the samples left over go to the classes with the largest remainders
+    (ties to the lower label). Within a class the samples are drawn uniformly without
+    replacement from one ``numpy.random.default_rng(seed)``, class by class in label order.
+    All indices when ``n >= len(targets)``.
+    """
+    y = np.asarray(targets, dtype=np.int64)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n >= len(y):
+        return np.arange(len(y))
+    labels, counts = np.unique(y, return_counts=True)
+    exact = n * counts / len(y)
+    take = np.floor(exact).astype(np.int64)
+    order = sorted(range(len(labels)), key=lambda k: (-(exact[k] - take[k]), labels[k]))
+    take[order[: n - int(take.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(y == c), size=int(k), replace=False) for c, k in zip(labels, take)]
+    return np.sort(np.concatenate(picked))
 
 
 def model_input(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:

@@ -42,6 +42,17 @@ Expression Recognition*, ICASSP 2022. The model and its loss are in
    face behind a hand, sunglasses, a scarf or a patch), so every run reports both.
 
 .. note::
+   **AffectNet's 33,803 training images** (section 3.2: "we only choose 33803 images as the
+   training set"; which ones is not said): in ``paper`` :func:`affectnet_subset` draws them
+   from the seven-class training list (283,901 images) **class-stratified** (every class
+   keeps its share of the list, largest remainders rounded up) and uniformly within each
+   class, with the fixed seed :data:`AFFECTNET_SUBSET_SEED` (0), so every run and every page
+   trains on the same images; ``Setup.affectnet_train`` sets the number (``None``: all).
+   Stratified, not balanced: the weighted loss of equation (5) still has AffectNet's
+   imbalance to correct, as Table 2's WCL row implies. The joint (``MAPNet*``, FED-RO)
+   training set is this subset plus RAF-DB's training set.
+
+.. note::
    **gamma** of equation (5) is not reported; we use ``gamma = 2`` (the square root of
    ``N_avg / N_i``), the middle of the paper's range ``[0.5, 3]``.
 """
@@ -66,7 +77,7 @@ from ..models import create_model
 from ..models.mapnet import MapNetLoss, MaskChannelInput, block_weights, mask_forward
 from ..runs import RunResult, run
 from ..train import CachedDataset, InputTransform, TrainConfig, cache_dataset
-from ._common import ProfileSetup, localisation_row, random_subset
+from ._common import ProfileSetup, localisation_row, random_subset, stratified_indices
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
@@ -77,6 +88,7 @@ __all__ = [
     "FIGURE_CLAIMS",
     "PAPER_DATA",
     "PAPER_PROTOCOL",
+    "AFFECTNET_SUBSET_SEED",
     "ROWS",
     "Setup",
     "ChapterData",
@@ -84,6 +96,7 @@ __all__ = [
     "profile_setups",
     "with_face_masks",
     "load_data",
+    "affectnet_subset",
     "row_model_kwargs",
     "build_model",
     "make_loss",
@@ -147,6 +160,8 @@ FIGURE_CLAIMS = {
 }
 #: The paper's data: training and test images.
 PAPER_DATA = {"RAF-DB": (12271, 3068), "AffectNet": (33803, 3500), "FED-RO": (None, 400)}
+#: Seed of the class-stratified draw of AffectNet's training images (:func:`affectnet_subset`).
+AFFECTNET_SUBSET_SEED = 0
 #: Section 3.1.
 PAPER_PROTOCOL = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "lr": 0.01, "lr_step": 4,
                   "lr_gamma": 0.1, "batch_size": 128, "augmentation": "horizontal flip", "pretrained": "ImageNet",
@@ -173,6 +188,9 @@ class Setup(ProfileSetup):
         profile: ``smoke``, ``demo`` or ``paper``.
         data_root: folder holding ``rafdb/``, ``affectnet/``, ``fedro/`` (``paper``).
         n_train, n_test, n_occluded: faces per split (``None``: all).
+        affectnet_train: AffectNet training images, drawn class-stratified with
+            :data:`AFFECTNET_SUBSET_SEED` (:func:`affectnet_subset`; real data only): the
+            paper's 33,803 (``None``: the whole list).
         image_size: side at which faces are rendered (SynFER) or decoded (real data).
         input_size: model input side (``None``: as stored).
         backbone, width, last_stride, stem: the trunks (:class:`fer.models.mapnet.MapNet`).
@@ -193,6 +211,7 @@ class Setup(ProfileSetup):
     n_train: int | None = 96
     n_test: int | None = 48
     n_occluded: int | None = 48
+    affectnet_train: int | None = PAPER_DATA["AffectNet"][0]
     image_size: int = 48
     input_size: int | None = None
     backbone: str = "resnet10"
@@ -329,8 +348,19 @@ def _real(name: str, split: str, setup: Setup, n: int | None, progress: bool) ->
             "landmark caches (python -m fer.data.landmarks --dataset rafdb --root <DATA_ROOT>/rafdb, ...), and run "
             "`make book PROFILE=paper DATA_ROOT=<DATA_ROOT> ONLY='book/mapnet/*'`")
     ds = load_dataset(name, setup.data_root, split, image_size=setup.image_size)
+    if name == "affectnet" and split == "train" and setup.affectnet_train is not None:
+        ds = ds.subset(affectnet_subset(ds.targets, setup.affectnet_train))  # before decoding anything
     cached = cache_dataset(ds, keys=("image", "label", "landmarks"), progress=progress, desc=f"{name} {split}")
     return random_subset(with_face_masks(cached, source=f"{name} under {setup.data_root}"), n, setup.seed)
+
+
+def affectnet_subset(targets: Sequence[int], n: int = PAPER_DATA["AffectNet"][0],
+                     seed: int = AFFECTNET_SUBSET_SEED) -> np.ndarray:
+    """Indices (sorted) of the paper's ``n`` AffectNet training images among ``targets``
+    (the loader's labels): class-stratified, uniform within each class, with ``seed``
+    (module note; :func:`fer.experiments._common.stratified_indices`). All when ``n``
+    is not smaller than the list."""
+    return stratified_indices(targets, n, seed)
 
 
 def _concat(a: CachedDataset, b: CachedDataset, name: str) -> CachedDataset:
@@ -343,7 +373,8 @@ def load_data(setup: Setup, dataset: str = "rafdb", *, progress: bool = True) ->
     """The training and test data of one of the paper's columns, with face masks.
 
     ``dataset``: ``"rafdb"`` (RAF-DB; SynFER ``wild``), ``"affectnet"`` (AffectNet's 7
-    classes; SynFER ``affectnet``) or ``"joint"`` (AffectNet + RAF-DB, the paper's
+    classes, the paper's 33,803 training images: :func:`affectnet_subset`; SynFER
+    ``affectnet``) or ``"joint"`` (that AffectNet subset + RAF-DB, the paper's
     ``MAPNet*`` and FED-RO protocol; SynFER ``wild``). The occluded test set (FED-RO;
     SynFER ``occluded``) comes with every one.
     """

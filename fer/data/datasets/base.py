@@ -456,6 +456,16 @@ class RealFERDataset(LabelCounts, Dataset):
                                   stacklevel=2)
         raise ImageDecodeError(self.root, f"no sample of {self.name} ({self.split}) could be decoded")
 
+    def subset(self, indices: Iterable[int]) -> RealFERDataset:
+        """A copy holding only the samples at ``indices`` (in that order): ``len``, ``targets``,
+        ``class_counts`` and :meth:`fingerprint` follow. Nothing is decoded."""
+        import copy
+
+        out = copy.copy(self)
+        out.skipped, out.excluded = list(self.skipped), dict(self.excluded)
+        out._setup([self.samples[int(i)] for i in indices])
+        return out
+
     def _published_split(self) -> tuple[Mapping[str, int] | None, int | None]:
         """This split's published per-class counts and total, in ``published.unit``."""
         p = self.published
