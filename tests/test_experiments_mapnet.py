@@ -103,6 +103,9 @@ def test_tiny_run_trains_once_then_loads(tmp_path, monkeypatch):
     assert {"test", "occluded"} <= set(first.metrics)
     t2 = E.table2({"mam": [first]})
     assert t2.loc[E.TABLE2_LABELS["mam"], "ours RAF-DB mean"] == pytest.approx(E.accuracy(first))
+    assert E.trained_on(first) == "rafdb"  # recorded in the run's spec
+    assert t2.loc[E.TABLE2_LABELS["mam"], "ours FED-RO (trained on RAF-DB only) mean"] == pytest.approx(
+        E.accuracy(first, "occluded"))
     ex = E.explain_set(s, 4)
     heat = E.gradcam_maps(again.model, ex, again.run.config)
     assert heat.shape == (4, 48, 48) and np.isfinite(heat).all()
@@ -181,3 +184,28 @@ def test_paper_profile_trains_on_a_seeded_class_stratified_affectnet_subset(tmp_
     again = E.load_data(setup, "affectnet", progress=False)
     assert torch.equal(data.train.images, again.train.images)
     assert len(E.load_data(dataclasses.replace(setup, affectnet_train=None), "affectnet", progress=False).train) == 26
+
+
+# ---------------------------------------------------------------------- Table 2's FED-RO column (issue 15, section 4.3)
+def _fake_run(dataset: str, acc: float = 0.5):
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(spec={"spec": {"dataset": dataset}}, path=f"mapnet-smoke-{dataset}", config=None)
+    return SimpleNamespace(run=run, metrics={"test": {"accuracy": acc}, "occluded": {"accuracy": acc / 2}})
+
+
+def test_table2_names_the_fedro_column_for_what_the_runs_trained_on():
+    assert E.PAPER_FEDRO_TRAINING == "joint"  # the paper's FED-RO protocol: AffectNet + RAF-DB together
+    assert E.fedro_column("rafdb") == "FED-RO (trained on RAF-DB only)"
+    assert E.fedro_column("joint") == "FED-RO (trained on AffectNet + RAF-DB)"
+    raf = E.table2({"wcl": [_fake_run("rafdb", 0.8)]})  # the ablation: RAF-DB runs
+    assert "paper FED-RO (trained on AffectNet + RAF-DB)" in raf.columns and "paper FED-RO" not in raf.columns
+    assert raf.loc[E.TABLE2_LABELS["wcl"], "ours FED-RO (trained on RAF-DB only) mean"] == pytest.approx(40.0)
+    assert not any(c.startswith("ours FED-RO") and "RAF-DB only" not in c for c in raf.columns)
+    joint = E.table2({"wcl": [_fake_run("joint")]})
+    assert "ours FED-RO (trained on AffectNet + RAF-DB) mean" in joint.columns
+    assert "ours AffectNet mean" in joint.columns  # the joint runs' test set is AffectNet's validation set
+    with pytest.raises(ValueError, match="mixes runs"):
+        E.table2({"ps": [_fake_run("rafdb")], "wcl": [_fake_run("joint")]})
+    with pytest.raises(ValueError, match="training set"):
+        E.trained_on(_fake_run("fer2013"))
