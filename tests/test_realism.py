@@ -1,0 +1,110 @@
+"""fer.experiments.realism: the FER judge's agreement table on hand-made frames, and one small run."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fer.data.labels import CLASSES_7
+from fer.data.synfer import SynFER
+from fer.experiments.realism import (
+    PROB_COLUMNS,
+    balanced_indices,
+    judge_synfer,
+    mean_recall,
+    realism_table,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _frame(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["true", "pred", "intensity"])
+
+
+@pytest.fixture
+def hand_made() -> pd.DataFrame:
+    """happy: 4 faces, 3 right (2 of its 3 apex faces); sad: 4 faces, 1 right, read twice as neutral
+    and once as anger; anger: 2 faces, both read as sad, no apex face; fear: 3 faces, 1 right (its
+    only apex face), once sad and once disgust (a tie: sad comes first in canonical order)."""
+    return _frame([
+        ("happy", "happy", 0.9), ("happy", "happy", 0.8), ("happy", "neutral", 0.7), ("happy", "happy", 0.2),
+        ("sad", "neutral", 0.9), ("sad", "neutral", 0.3), ("sad", "anger", 0.75), ("sad", "sad", 0.71),
+        ("anger", "sad", 0.5), ("anger", "sad", 0.1),
+        ("fear", "fear", 0.95), ("fear", "disgust", 0.2), ("fear", "sad", 0.3),
+    ])
+
+
+def test_table_known_answers(hand_made):
+    t = realism_table(hand_made)
+    assert list(t.index) == ["happy", "sad", "fear", "anger", "mean"]  # canonical order, then the mean
+    assert list(t.columns) == ["n", "recall", "n_apex", "recall_apex", "confused_with", "confusion_share"]
+    assert t.loc["happy", ["n", "n_apex"]].tolist() == [4, 3]  # 0.7 counts as apex
+    assert t.loc["happy", "recall"] == pytest.approx(3 / 4) and t.loc["happy", "recall_apex"] == pytest.approx(2 / 3)
+    assert t.loc["happy", "confused_with"] == "neutral" and t.loc["happy", "confusion_share"] == pytest.approx(1 / 4)
+    assert t.loc["sad", "recall"] == pytest.approx(1 / 4) and t.loc["sad", "recall_apex"] == pytest.approx(1 / 3)
+    assert t.loc["sad", "confused_with"] == "neutral" and t.loc["sad", "confusion_share"] == pytest.approx(2 / 4)
+    assert t.loc["anger", "recall"] == 0.0 and t.loc["anger", "n_apex"] == 0
+    assert math.isnan(t.loc["anger", "recall_apex"])
+    assert t.loc["anger", "confused_with"] == "sad" and t.loc["anger", "confusion_share"] == 1.0
+    assert t.loc["fear", "confused_with"] == "sad"  # tie with disgust: canonical order decides
+    assert t.loc["fear", "recall"] == pytest.approx(1 / 3) and t.loc["fear", "recall_apex"] == 1.0
+    # mean row: unweighted over classes; the apex mean leaves out anger (no apex face)
+    assert t.loc["mean", "recall"] == pytest.approx((3 / 4 + 1 / 4 + 0 + 1 / 3) / 4)
+    assert t.loc["mean", "recall_apex"] == pytest.approx((2 / 3 + 1 / 3 + 1.0) / 3)
+    assert t.loc["mean", ["n", "n_apex"]].tolist() == [13, 7]
+    assert mean_recall(hand_made) == pytest.approx(t.loc["mean", "recall"])
+    assert mean_recall(hand_made, apex=0.7) == pytest.approx(t.loc["mean", "recall_apex"])
+
+
+def test_table_mean_is_per_class_not_per_face():
+    """100 right neutral faces and 1 wrong fear face: per-face accuracy ~0.99, per-class mean 0.5."""
+    df = _frame([("neutral", "neutral", 0.5)] * 100 + [("fear", "surprise", 0.9)])
+    t = realism_table(df)
+    assert t.loc["mean", "recall"] == pytest.approx(0.5)
+    assert t.loc["neutral", "confused_with"] == "" and t.loc["neutral", "confusion_share"] == 0.0
+
+
+def test_table_apex_threshold_argument(hand_made):
+    t = realism_table(hand_made, apex=0.9)
+    assert t.loc["happy", "n_apex"] == 1 and t.loc["happy", "recall_apex"] == 1.0
+    assert t.loc["sad", "n_apex"] == 1 and t.loc["sad", "recall_apex"] == 0.0
+
+
+def test_table_errors():
+    with pytest.raises(ValueError, match="missing \\['intensity'\\]"):
+        realism_table(pd.DataFrame({"true": ["happy"], "pred": ["happy"]}))
+    with pytest.raises(ValueError, match="unknown class name"):
+        realism_table(_frame([("joy", "happy", 1.0)]))
+
+
+def test_balanced_indices_reads_labels_without_drawing():
+    ds = SynFER("clean", split="test", n=60, classes=CLASSES_7, class_balance="uniform", with_relevance=False)
+    idx = balanced_indices(ds, 3)
+    targets = np.asarray(ds.targets)
+    assert len(idx) == 21 and np.bincount(targets[idx], minlength=7).tolist() == [3] * 7
+    with pytest.raises(ValueError, match="fewer than n_per_class"):
+        balanced_indices(ds, 1000)
+
+
+def test_judge_synfer_end_to_end():
+    df = judge_synfer("clean", n_per_class=2, seed=3, size=96, progress=False)
+    assert len(df) == 14 and df["true"].value_counts().to_dict() == {c: 2 for c in CLASSES_7}
+    assert list(df["true"]) == [c for c in CLASSES_7 for _ in range(2)]
+    assert (df["label"] == df["true"].map(CLASSES_7.index)).all()
+    probs = df[list(PROB_COLUMNS)].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert (df["pred"] == [CLASSES_7[k] for k in probs.argmax(1)]).all()
+    assert (df["correct"] == (df["pred"] == df["true"])).all()
+    assert df["intensity"].between(0, 1).all()
+    # the frame describes the same faces that SynFER draws for these indices
+    ds = SynFER("clean", split="test", n=10_000, seed=3, image_size=96, classes=CLASSES_7,
+                class_balance="uniform", with_relevance=False)
+    row = df.iloc[5]
+    assert ds.describe(int(row["index"]))["expression"] == row["true"]
+    assert ds.describe(int(row["index"]))["intensity"] == pytest.approx(row["intensity"])
+    assert df.attrs["variant"] == "clean" and df.attrs["n_per_class"] == 2
+    t = realism_table(df)
+    assert list(t.index) == [*CLASSES_7, "mean"] and t["n"].tolist()[:7] == [2] * 7
