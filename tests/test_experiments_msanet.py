@@ -26,6 +26,17 @@ def test_paper_numbers_agree_with_the_text():
     assert [m.accuracy for m in M.TABLE1] == sorted(m.accuracy for m in M.TABLE1)
 
 
+def test_split_sizes_paper_and_official_are_both_recorded():
+    """Issue 15 section 4.4: the paper's section 3.1 sizes beside the official partitions we use."""
+    from pathlib import Path
+
+    assert M.PAPER_SPLITS == {"raf": (12_264, 3_061), "affectnet": (283_901, 2_992)}
+    assert M.OFFICIAL_SPLITS == {"raf": (12_271, 3_068), "affectnet": (283_901, 3_500)}
+    index = (Path(__file__).resolve().parents[1] / "book/msanet/index.md").read_text()
+    for sizes in (*M.PAPER_SPLITS.values(), *M.OFFICIAL_SPLITS.values()):
+        assert all(f"{n:,}" in index for n in sizes), sizes  # the page states both
+
+
 def paper_setup(**kw) -> M.Setup:
     p = M.PAPER_PROTOCOL
     return M.Setup(profile="paper", data_root=None, n_train=None, n_test=None, input_size=p["input_size"], width=1.0,
