@@ -1,6 +1,10 @@
 """SynFER: API, determinism, landmark exactness, variants, relevance maps, errors."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -8,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fer.data import CLASSES, SynFER
-from fer.data.synfer import VARIANTS
+from fer.data.synfer import GENERATOR_VERSION, VARIANTS
 from fer.data.synfer.variants import RAFDB_COUNTS
 
 
@@ -58,6 +62,54 @@ def test_determinism_byte_identical_and_seeds_differ():
     assert not torch.equal(a[0]["image"], c[0]["image"])
     d = SynFER("wild", "test", n=20, seed=5)
     assert not torch.equal(a[0]["image"], d[0]["image"])
+
+
+#: sha256 of SynFER's pixels, landmarks, relevance maps and labels (:data:`DIGEST_SCRIPT`), per
+#: ``GENERATOR_VERSION``. A change to the drawing changes the digest: bump the version (which
+#: changes every SynFER fingerprint, so no cached run is reused on other data) and add its digest.
+GOLDEN_DIGESTS = {
+    "1": "949a2578af797372057578a8e3d07562556d04262916fd15c07082d76658b414",
+}
+
+DIGEST_SCRIPT = """
+import hashlib
+import numpy as np
+from fer.data.synfer import GENERATOR_VERSION, VARIANTS, SynFER
+
+h = hashlib.sha256()
+for name in sorted(VARIANTS):
+    ds = SynFER(name, "train", n=3, image_size=32, seed=11)
+    for i in range(len(ds)):
+        s = ds[i]
+        for key in ("image", "landmarks", "relevance"):
+            if key in s:
+                h.update(key.encode() + np.ascontiguousarray(s[key].numpy()).tobytes())
+        h.update(str(int(s["label"])).encode())
+print(GENERATOR_VERSION, h.hexdigest())
+"""
+
+
+def test_pixels_do_not_depend_on_the_interpreter_and_match_the_golden_digest():
+    """Same pixels under two PYTHONHASHSEEDs (Python's ``hash()`` of a str varies between
+    interpreters), and the digest pinned for this GENERATOR_VERSION."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", DIGEST_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"})
+        for seed in ("1", "2")
+    ]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        outs.append(out.split())
+    (version, digest), (_, other) = outs
+    assert digest == other, "SynFER's pixels change with PYTHONHASHSEED: something hashes with Python's hash()"
+    assert version == GENERATOR_VERSION
+    assert version in GOLDEN_DIGESTS, (
+        f"no golden digest for GENERATOR_VERSION {version!r}: add {version!r}: {digest!r} to GOLDEN_DIGESTS")
+    assert GOLDEN_DIGESTS[version] == digest, (
+        f"SynFER's pixels changed without a GENERATOR_VERSION bump (digest {digest}): bump "
+        "fer.data.synfer.dataset.GENERATOR_VERSION and add the new digest to GOLDEN_DIGESTS")
 
 
 def test_sample_is_a_pure_function_of_its_index():
