@@ -474,15 +474,49 @@ def test_corrupt_image_raises_naming_the_file_or_is_skipped(data_root, tmp_path)
         ds.verify(progress=False)
 
 
-def test_corrupt_fer2013_row(data_root, tmp_path):
+def _pixels(edit):
+    """Edit the pixels field of a fer2013.csv row (a list of value strings) and rebuild the row."""
+    def row(line: str) -> str:
+        emotion, pixels, usage = line.split(",")
+        return ",".join([emotion, " ".join(edit(pixels.split())), usage])
+    return row
+
+
+# One fault per case, each caught by its own check in FER2013._load (count, upper bound,
+# lower bound, parse): removing any one of the checks lets its case through.
+CORRUPT_FER2013_ROWS = {
+    "2303 values": (_pixels(lambda v: v[:-1]), r"pixels must be 2304 values in 0\.\.255, got 2303 in \d+\.\.\d+"),
+    "2305 values": (_pixels(lambda v: v + ["7"]), r"pixels must be 2304 values in 0\.\.255, got 2305 in \d+\.\.\d+"),
+    "a value > 255": (_pixels(lambda v: ["300"] + v[1:]),
+                      r"pixels must be 2304 values in 0\.\.255, got 2304 in \d+\.\.300\b"),
+    "a value < 0": (_pixels(lambda v: ["-1"] + v[1:]),
+                    r"pixels must be 2304 values in 0\.\.255, got 2304 in -1\.\.\d+"),
+    "a non-integer value": (_pixels(lambda v: ["1.5"] + v[1:]), r"pixels must be space-separated integers"),
+}
+
+
+@pytest.mark.parametrize("fault", list(CORRUPT_FER2013_ROWS))
+def test_corrupt_fer2013_row(data_root, tmp_path, fault):
+    edit, reason = CORRUPT_FER2013_ROWS[fault]
     root = _copy(data_root, "fer2013", tmp_path)
-    _edit_line(root / "fer2013.csv", 1, lambda ln: ln.replace(" ", " 300 ", 1))  # 2305 values, one > 255
+    csv = root / "fer2013.csv"
+    _edit_line(csv, 1, edit)  # line 2: the first Training row
     ds = FER2013(root, "train")
-    with pytest.raises(ImageDecodeError, match=re.escape(f"{root / 'fer2013.csv'}:2")):
+    assert len(ds) == len(FER2013(data_root[0] / "fer2013", "train"))  # found at access, not construction
+    with pytest.raises(ImageDecodeError) as err:
         ds[0]
+    msg = str(err.value)
+    assert err.value.path == f"{csv}:2"  # the file and the row
+    assert msg.startswith(f"cannot decode image {csv}:2: ")
+    assert re.search(reason, msg), msg  # the expected thing, and what was found
+    assert "row 2 of fer2013.csv is damaged" in msg  # the fix: restore the file, or skip the row
+    assert "fer2013.tar.gz" in msg and "on_error='skip'" in msg
+    with pytest.raises(ImageDecodeError, match=re.escape(f"{csv}:2")):
+        ds.verify(progress=False)
     skip = FER2013(root, "train", on_error="skip")
-    with pytest.warns(UserWarning, match="fer2013.csv:2"):
+    with pytest.warns(UserWarning, match=re.escape(f"{csv}:2")):
         assert skip[0]["meta"]["row"] == 3
+    assert skip.skipped == [f"{csv}:2"]
 
 
 def test_missing_images_raise_or_are_skipped_at_construction(data_root, tmp_path):

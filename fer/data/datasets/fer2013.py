@@ -183,16 +183,18 @@ class FER2013(RealFERDataset):
             return decode_image(s.path), None
         lineno = s.info[0]
         where = f"{s.path}:{lineno}"
+        fix = (f"; row {lineno} of {s.path.name} is damaged: restore the file from Kaggle's fer2013.tar.gz, "
+               f"or pass on_error='skip' to leave the row out")
         with open(s.path, "rb") as f:
             f.seek(s.ref)  # byte offset of the sample's CSV row
             fields = f.readline().decode("utf-8", errors="replace").strip().split(",")
         try:
             values = np.array(fields[1].split(), dtype=np.int64)
         except (ValueError, IndexError):
-            raise ImageDecodeError(where, "pixels must be space-separated integers") from None
+            raise ImageDecodeError(where, "pixels must be space-separated integers" + fix) from None
         if values.size != SIDE * SIDE or values.min(initial=0) < 0 or values.max(initial=0) > 255:
             raise ImageDecodeError(where, f"pixels must be {SIDE * SIDE} values in 0..255, got {values.size} "
-                                          f"in {values.min(initial=0)}..{values.max(initial=0)}")
+                                          f"in {values.min(initial=0)}..{values.max(initial=0)}" + fix)
         grey = values.astype(np.uint8).reshape(SIDE, SIDE)
         return np.repeat(grey[:, :, None], 3, axis=2), None
 
