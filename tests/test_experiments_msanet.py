@@ -1,6 +1,8 @@
 """The MSA-Net chapter's protocol (fer.experiments.msanet): paper numbers, setups, crops, runs, tables."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -35,6 +37,23 @@ def test_split_sizes_paper_and_official_are_both_recorded():
     index = (Path(__file__).resolve().parents[1] / "book/msanet/index.md").read_text()
     for sizes in (*M.PAPER_SPLITS.values(), *M.OFFICIAL_SPLITS.values()):
         assert all(f"{n:,}" in index for n in sizes), sizes  # the page states both
+
+
+def test_paper_profile_follows_the_text_res2net_hierarchy(monkeypatch):
+    """Issue 15 section 4.5: the paper profile (book/profiles.yml and Setup's own default for it) builds
+    Res2Net's hierarchy, each subset attaining a larger receptive field; the SynFER profiles keep eq. (1)."""
+    setups = M.profile_setups()
+    assert setups["paper"].hierarchy == "res2net" and M.Setup(profile="paper").hierarchy == "res2net"
+    assert setups["smoke"].hierarchy == setups["demo"].hierarchy == "equation"
+    assert M.Setup(profile="paper", hierarchy="equation").hierarchy == "equation"  # the ablation stays possible
+    captured = {}
+    monkeypatch.setattr(M, "run", lambda name, config, build, *a, spec=None, **k: captured.update(build=build,
+                                                                                                  spec=spec))
+    small = dataclasses.replace(setups["paper"], input_size=32, width=0.125, pretrained=False)
+    M.run_row(small, M.ChapterData("raf", None, None, "none"), "full", progress=False)
+    assert captured["spec"]["hierarchy"] == "res2net"
+    model = captured["build"]()
+    assert {blk.hierarchy for b in model.branches for blk in b.blocks} == {"res2net"}
 
 
 def paper_setup(**kw) -> M.Setup:

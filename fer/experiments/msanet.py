@@ -41,6 +41,14 @@ are in :mod:`fer.models.msanet`; this module holds what the chapter's notebooks 
    is used for model selection: the final weights are tested.
 
 .. note::
+   **Hierarchy inside a block.** Equation (1) sums ``P_i(X_i)`` cumulatively, while the text
+   (and Res2Net, which it follows) has every subset "attain a larger receptive field": each
+   ``P_i`` receives ``X_i + Y_(i-1)``. The ``paper`` profile follows the text
+   (``hierarchy="res2net"``, also in ``book/profiles.yml``); the literal equation is the
+   alternative the Method page measures (effective receptive fields of both). The SynFER
+   profiles keep ``"equation"``, the setting their schedules were tried with.
+
+.. note::
    **Split sizes.** The paper trains and tests on 12,264 / 3,061 RAF-DB images and on
    283,901 / 2,992 AffectNet images (:data:`PAPER_SPLITS`) without saying which images of
    the official partitions it left out; the ``paper`` profile uses the official ones as the
@@ -236,7 +244,9 @@ class Setup(ProfileSetup):
         seeds: training seeds of the ablation on the RAF-like set (the first one is used by
             the comparison and explanation pages); ``affectnet_seeds``: on the
             AffectNet-like set (``None``: the same).
-        hierarchy: equation (1) as printed (``"equation"``) or Res2Net's (``"res2net"``).
+        hierarchy: equation (1) as printed (``"equation"``) or the text's reading, Res2Net's
+            (``"res2net"``); ``None`` (default): the profile's, ``res2net`` in ``paper`` and
+            ``equation`` in the SynFER profiles (module note).
         zero_init_last: start every residual block as an identity (last BN weight 0), as
             timm's res2net and torchvision's ``zero_init_residual`` can; not in the paper.
         pretrained: ImageNet weights in the pre-extractor (``paper``: yes; SynFER: no).
@@ -261,7 +271,7 @@ class Setup(ProfileSetup):
     crop: float = 0.875
     seeds: tuple[int, ...] = (0,)
     affectnet_seeds: tuple[int, ...] | None = None
-    hierarchy: str = "equation"
+    hierarchy: str | None = None
     zero_init_last: bool = True
     pretrained: bool = False
     data_seed: int = 0
@@ -279,6 +289,8 @@ class Setup(ProfileSetup):
             raise ValueError(f"crop must be in (0, 1], got {self.crop}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.hierarchy is None:
+            object.__setattr__(self, "hierarchy", "res2net" if self.profile == "paper" else "equation")
         if self.hierarchy not in ("equation", "res2net"):
             raise ValueError(f"hierarchy must be 'equation' or 'res2net', got {self.hierarchy!r}")
         if self.pretrained and self.synthetic:

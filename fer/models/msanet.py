@@ -52,7 +52,8 @@ the classifier start from scratch.
    it follows) says each operator ``P_i`` "receives feature information from all feature
    subsets X_j, j < i", which is Res2Net's ``Y_i = P_i(X_i + Y_(i-1))``, whose receptive
    field grows with ``i``. ``hierarchy="equation"`` (default) implements equation (1) as
-   printed; ``hierarchy="res2net"`` the text's reading. The chapter measures both.
+   printed; ``hierarchy="res2net"`` the text's reading. The chapter measures both, and its
+   ``paper`` profile trains ``"res2net"`` (:class:`fer.experiments.msanet.Setup`).
 
 .. note::
    **Block internals** (the paper gives only Figure 2). 1x1 conv + BN + ReLU reduces
