@@ -47,6 +47,25 @@ def test_pretrained_loads_bn_weights_into_abn_and_attention_branch():
         MM.load_vgg11_imagenet(create_model("vgg11", **SMALL), tv.state_dict())
 
 
+def test_fecn_pretrained_loads_its_own_layers_not_the_mcn(monkeypatch):
+    """Issue 15 section 4.6: the fecn docstring said ``pretrained`` also loads ImageNet into the MCN."""
+    tv = torchvision.models.vgg11(weights=None)  # stands in for the ImageNet file (nothing is downloaded)
+    monkeypatch.setattr(MM, "load_torchvision_state_dict", lambda weights, **kw: tv.state_dict())
+    torch.manual_seed(0)
+    fresh = create_model("fecn", num_classes=4, img_size=64, head="gap")
+    torch.manual_seed(0)
+    pre = create_model("fecn", num_classes=4, img_size=64, head="gap", pretrained=True)
+    tv_convs = [m for m in tv.features if isinstance(m, torch.nn.Conv2d)]
+    assert torch.equal(pre.features[0].weight, tv_convs[0].weight)  # FECN's own extractor: ImageNet
+    assert torch.equal([m for m in pre.perception.convs if isinstance(m, torch.nn.Conv2d)][-1].weight,
+                       tv_convs[-1].weight)  # and its group 5
+    mcn_pre, mcn_fresh = pre.mcn.state_dict(), fresh.mcn.state_dict()
+    assert all(torch.equal(mcn_pre[k], mcn_fresh[k]) for k in mcn_fresh)  # the MCN: untouched, random
+    assert not torch.equal(pre.mcn.features[0].weight, tv_convs[0].weight)
+    doc = " ".join(MM.fecn.__doc__.split())
+    assert "into the MCN" not in doc and "the MCN keeps its random initialisation" in doc
+
+
 def test_abn_outputs_and_equation_1():
     torch.manual_seed(0)
     a = create_model("abn", num_classes=4, **SMALL).eval()

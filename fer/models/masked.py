@@ -699,9 +699,16 @@ def mcn(pretrained: bool = False, num_classes: int = 2, **kwargs: Any) -> Abn:
 
 @register_model
 def fecn(pretrained: bool = False, mcn_state: Optional[Mapping[str, torch.Tensor]] = None, **kwargs: Any) -> Fecn:
-    """Stage 2: FECN (equation 2). ``mcn_state``: a trained MCN's state dict, loaded into the
-    frozen ``model.mcn``. ``pretrained`` loads ImageNet VGG11 into FECN's own layers (and
-    into the MCN's unless ``mcn_state`` replaces them). Keyword arguments go to :class:`Fecn`."""
+    """Stage 2: FECN (equation 2). ``mcn_state``: a trained MCN's state dict (stage 1,
+    ``create_model("mcn")``), loaded into the frozen ``model.mcn`` (:meth:`Fecn.load_mcn`).
+
+    ``pretrained`` loads torchvision's ImageNet VGG11 (VGG11-BN with ``batch_norm=True``)
+    into FECN's own layers only (:func:`load_vgg11_imagenet`): the extractor ``features``
+    (conv groups 1-4), ``perception.convs`` (group 5) and, with ``head="vgg"`` at 224 px,
+    the two 4096-unit layers of ``perception.head``; the last linear layer stays fresh.
+    ``model.mcn`` is not touched: without ``mcn_state`` the MCN keeps its random
+    initialisation, so give it a trained MCN (``mcn_state`` or :meth:`Fecn.load_mcn`)
+    before training or using FECN. Keyword arguments go to :class:`Fecn`."""
     model = Fecn(**kwargs)
     if pretrained:
         load_vgg11_imagenet(model)
