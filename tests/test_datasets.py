@@ -487,8 +487,8 @@ def _pixels(edit):
 CORRUPT_FER2013_ROWS = {
     "2303 values": (_pixels(lambda v: v[:-1]), r"pixels must be 2304 values in 0\.\.255, got 2303 in \d+\.\.\d+"),
     "2305 values": (_pixels(lambda v: v + ["7"]), r"pixels must be 2304 values in 0\.\.255, got 2305 in \d+\.\.\d+"),
-    "a value > 255": (_pixels(lambda v: ["300"] + v[1:]),
-                      r"pixels must be 2304 values in 0\.\.255, got 2304 in \d+\.\.300\b"),
+    "a value > 255": (_pixels(lambda v: ["256"] + v[1:]),  # the boundary: > 256 would let it through
+                      r"pixels must be 2304 values in 0\.\.255, got 2304 in \d+\.\.256\b"),
     "a value < 0": (_pixels(lambda v: ["-1"] + v[1:]),
                     r"pixels must be 2304 values in 0\.\.255, got 2304 in -1\.\.\d+"),
     "a non-integer value": (_pixels(lambda v: ["1.5"] + v[1:]), r"pixels must be space-separated integers"),
