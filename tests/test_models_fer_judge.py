@@ -353,3 +353,14 @@ def test_neutral_and_happy_synfer_faces_are_read_as_such(judge):
         lms = np.stack([it["landmarks"].numpy() for it in items])
         pred = fj.judge_faces(images, lms, model=judge).argmax(1)
         assert (pred == CLASSES_7.index(expression)).mean() >= 0.5, (expression, pred)
+
+
+def test_a_real_smile_is_read_as_happy(judge):
+    """The whole chain on a real photograph: the public-domain astronaut portrait (Eileen Collins,
+    smiling; scikit-image). The face box needs only the landmarks' extent: dlib's 68 points
+    (``fer.data.landmarks.detect``) span x 179..272, y 87..178 (brows to chin)."""
+    from skimage.data import astronaut
+
+    extent = np.array([[[179.0, 130.0], [272.0, 130.0], [225.0, 87.0], [225.0, 178.0]]])
+    p = fj.judge_faces(astronaut(), extent, model=judge)[0]
+    assert fj.FER_JUDGE_CLASSES[int(p.argmax())] == "happy" and p.max() > 0.9, p
