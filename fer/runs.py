@@ -72,6 +72,7 @@ __all__ = [
     "runs_root",
     "run_key",
     "source_hash",
+    "PRESENTATION_MODULES",
     "data_fingerprint",
     "spec_of",
     "CONFIG_FILE",
@@ -103,9 +104,20 @@ def runs_root(root: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else REPO_ROOT / "runs"
 
 
+#: Modules of ``fer`` that no training run executes: what draws, explains, tabulates or
+#: publishes results. Editing them must not retrain anything, so a run's identity leaves
+#: them out (the book's page cache still covers them: a page re-renders, its runs load).
+PRESENTATION_MODULES: tuple[str, ...] = (
+    "plots.py", "explain.py", "book.py", "predict.py", "_launch.py", "_progress.py",
+    "experiments/claims.py", "experiments/realism.py",
+)
+
+
 def source_hash(package_dir: str | os.PathLike = PACKAGE_DIR) -> str:
-    """sha256 over the relative path and bytes of every ``*.py`` in the ``fer`` package."""
-    return package_fingerprint(package_dir)
+    """sha256 over the relative path and bytes of every ``*.py`` of the ``fer`` package that
+    training executes: models, layers, losses, data, train, runs and the chapters' protocols,
+    i.e. all but :data:`PRESENTATION_MODULES`."""
+    return package_fingerprint(package_dir, exclude=PRESENTATION_MODULES)
 
 
 def data_fingerprint(ds: Any) -> str:

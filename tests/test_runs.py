@@ -62,17 +62,28 @@ def test_hash_covers_config_data_spec_and_source():
         run_key("bad name/..", CFG, data=data)
 
 
-def test_source_hash_covers_every_py_file(tmp_path):
+def test_source_hash_covers_the_code_training_runs_and_nothing_else(tmp_path):
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
+    (pkg / "experiments").mkdir()
     (pkg / "a.py").write_text("x = 1\n")
     (pkg / "sub" / "b.py").write_text("y = 2\n")
+    for name in runs_mod.PRESENTATION_MODULES:
+        (pkg / name).write_text("z = 1\n")
+    (pkg / "experiments" / "chapter.py").write_text("w = 1\n")
     h = source_hash(pkg)
     (pkg / "notes.txt").write_text("not code")
     assert source_hash(pkg) == h
-    (pkg / "sub" / "b.py").write_text("y = 3\n")
-    assert source_hash(pkg) != h
+    for name in ("plots.py", "explain.py", "book.py", "experiments/claims.py"):  # cosmetic: no retraining
+        (pkg / name).write_text("z = 2  # a comment\n")
+        assert source_hash(pkg) == h, name
+    for name in ("sub/b.py", "experiments/chapter.py", "a.py"):
+        before = source_hash(pkg)
+        (pkg / name).write_text((pkg / name).read_text() + "# changed\n")
+        assert source_hash(pkg) != before, name
     assert len(source_hash()) == 64  # the real package
+    assert {"plots.py", "explain.py", "book.py"} <= set(runs_mod.PRESENTATION_MODULES)
+    assert not {"train.py", "runs.py", "losses.py"} & set(runs_mod.PRESENTATION_MODULES)
 
 
 def test_data_fingerprints(data):
