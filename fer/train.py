@@ -85,7 +85,9 @@ __all__ = [
     "logits_loss",
     # data
     "CachedDataset",
+    "StreamedDataset",
     "cache_dataset",
+    "cached_fingerprint",
     "collate_items",
     "InputTransform",
     # pieces of the loop
@@ -640,42 +642,207 @@ def _fingerprint_of(ds: Any) -> str | None:
     return str(fn()) if callable(fn) else None
 
 
+def cached_fingerprint(keys: Iterable[str], source_fingerprint: str) -> str:
+    """What ``fingerprint()`` of a :class:`CachedDataset` with these keys and source fingerprint is."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(sorted(keys)).encode())
+    digest.update(source_fingerprint.encode())
+    return digest.hexdigest()[:16]
+
+
+class StreamedDataset(CachedDataset):
+    """A :class:`CachedDataset` whose arrays stay on disk (:class:`fer.data.stream.ArrayStore`).
+
+    Made by :func:`cache_dataset` when a dataset does not fit its memory budget. Items,
+    batches (:meth:`__getitems__`), ``targets``, ``class_counts``, :meth:`subset` and
+    :meth:`fingerprint` are those of the in-memory :class:`CachedDataset` of the same
+    data; batches are read from the store's files by rows, so a training epoch's memory
+    is a few batches whatever the dataset's size. ``tensors`` (and ``images``) map the
+    files (``numpy.memmap``): fine for a look, but pages read that way stay resident.
+    """
+
+    def __init__(self, store: Any, *, classes: Sequence[str] | None = None, source_fingerprint: str | None = None,
+                 name: str = "", index: np.ndarray | None = None) -> None:
+        if "image" not in store.columns or "label" not in store.columns:
+            raise ValueError(f"StreamedDataset needs 'image' and 'label' columns, {store} has {sorted(store.columns)}")
+        self.store = store
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)
+        self.classes = tuple(classes) if classes is not None else None
+        self.source_fingerprint = source_fingerprint
+        self.name = name
+        self._fingerprint = None
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        if self.index is None:
+            return {k: torch.from_numpy(self.store.memmap(k)) for k in self.store.columns}
+        return {k: torch.from_numpy(self.store.read(k, self.index)) for k in self.store.columns}
+
+    @property
+    def labels(self) -> torch.Tensor:
+        rows = self.index if self.index is not None else np.arange(self.store.n)
+        return torch.from_numpy(self.store.read("label", rows))
+
+    def __len__(self) -> int:
+        return self.store.n if self.index is None else len(self.index)
+
+    def _rows(self, indices: Any) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if len(idx) and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"index out of range for {n} samples")
+        idx = idx % n if n else idx
+        return self.index[idx] if self.index is not None else idx
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rows = self._rows([int(i)])
+        item: dict[str, Any] = {k: torch.from_numpy(self.store.read(k, rows))[0] for k in self.store.columns}
+        item["label"] = int(item["label"])
+        return item
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        rows = self._rows(indices)
+        return {k: torch.from_numpy(self.store.read(k, rows)) for k in self.store.columns}
+
+    def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> StreamedDataset:
+        """The samples at ``indices``, still on disk (fingerprint as :meth:`CachedDataset.subset`)."""
+        idx = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
+        sub_fp = hashlib.sha256((self.fingerprint() + ":" + ",".join(map(str, idx.tolist()))).encode()
+                                ).hexdigest()[:16]
+        return StreamedDataset(self.store, classes=self.classes, source_fingerprint=sub_fp, name=self.name,
+                               index=self._rows(idx))
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            if self.source_fingerprint is None:
+                raise ValueError("a StreamedDataset needs a source fingerprint")
+            self._fingerprint = cached_fingerprint(self.store.columns, self.source_fingerprint)
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        cols = ", ".join(f"{k}={(len(self), *shape)}:{dt}" for k, (dt, shape) in self.store.columns.items())
+        return f"StreamedDataset({self.name or 'streamed'}, n={len(self)}, {cols}, store={str(self.store.folder)!r})"
+
+
+def _batch_arrays(batch: Mapping[str, Any], keys: Sequence[str], derive: Callable[[dict], dict] | None,
+                  what: str) -> dict[str, torch.Tensor]:
+    for k in keys:
+        if k not in batch:
+            raise KeyError(f"cache_dataset: items of {what} have no {k!r} (they have {sorted(batch)}); drop it "
+                           f"from keys=")
+        if not isinstance(batch[k], torch.Tensor):
+            raise ValueError(f"cache_dataset: {k!r} of {what} does not stack into one tensor (different shapes or "
+                             f"non-numeric values); give the dataset a fixed image_size, or leave {k!r} out of keys=")
+    out = {k: batch[k] for k in keys}
+    if derive is not None:
+        out = dict(derive(out))
+    out["label"] = out["label"].long()
+    return out
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:40] or "dataset"
+
+
 def cache_dataset(ds: Dataset, *, keys: Sequence[str] = ("image", "label"), batch_size: int = 256,
-                  num_workers: int = 0, progress: bool = True, desc: str | None = None) -> CachedDataset:
-    """Render or decode ``ds`` once into memory (uint8 images, int64 labels, other ``keys``).
+                  num_workers: int | None = 0, progress: bool = True, desc: str | None = None,
+                  derive: Callable[[dict[str, torch.Tensor]], Mapping[str, torch.Tensor]] | None = None,
+                  source_fingerprint: str | None = None, cache_dir: str | os.PathLike | None = None,
+                  memory_budget: int | str | None = None) -> CachedDataset:
+    """Render or decode ``ds`` once (uint8 images, int64 labels, other ``keys``): in memory,
+    or on disk when it does not fit.
 
     Training then reads batches with one tensor index, so rendering SynFER faces or
     decoding JPEGs happens once, not once per epoch. Every item's entries under ``keys``
     must be tensors of one shape (images: pass ``image_size`` to the dataset) or numbers.
     A :class:`CachedDataset` is returned as is.
+
+    Memory or disk: the first decoded batch gives the bytes per item; when ``len(ds)``
+    items would take more than ``memory_budget`` (bytes or ``"8G"``; default
+    ``$FER_MEMORY_BUDGET``, else half the physical memory), the rows go to an
+    :class:`fer.data.stream.ArrayStore` under ``cache_dir`` (default ``$FER_CACHE``, else
+    ``~/.cache/fer/datasets``) and a :class:`StreamedDataset` reading them is returned.
+    The store is keyed by the dataset's fingerprint, so a second call for the same data
+    (in any process) reads the files instead of decoding. When ``cache_dir`` or
+    ``$FER_CACHE`` is set, datasets within the budget are stored there too (and loaded
+    into memory), so they are decoded once across processes as well.
+
+    Args:
+        num_workers: ``DataLoader`` workers that decode; ``None``: ``min(8, cores)`` from 2,048
+            items on (none below: starting workers would cost more than they save).
+        derive: applied to each decoded batch (a dict of the ``keys``' tensors); returns
+            the batch to keep (e.g. face masks from ``landmarks``). Needs
+            ``source_fingerprint``.
+        source_fingerprint: the fingerprint the result derives from (default
+            ``ds.fingerprint()``); must change whenever ``derive`` does.
     """
+    from .data.stream import ArrayStore, StoreWriter, cache_root, memory_budget as _budget, store_key
+
     if isinstance(ds, CachedDataset):
         return ds
     keys = list(keys)
     for k in ("image", "label"):
         if k not in keys:
             keys.insert(0 if k == "image" else 1, k)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_items,
-                        persistent_workers=False)
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    name = desc or f"cache {type(ds).__name__}"
-    for batch in tqdm(loader, desc=name, disable=bar_disabled(progress), leave=False, **_tqdm_kw()):
-        for k in keys:
-            if k not in batch:
-                raise KeyError(f"cache_dataset: items of {type(ds).__name__} have no {k!r} "
-                               f"(they have {sorted(batch)}); drop it from keys=")
-            v = batch[k]
-            if not isinstance(v, torch.Tensor):
-                raise ValueError(f"cache_dataset: {k!r} of {type(ds).__name__} does not stack into one tensor "
-                                 f"(different shapes or non-numeric values); give the dataset a fixed "
-                                 f"image_size, or leave {k!r} out of keys=")
-            parts[k].append(v)
-    if not parts["label"]:
-        raise ValueError(f"cache_dataset: {type(ds).__name__} is empty")
-    tensors = {k: torch.cat(v) for k, v in parts.items()}
-    tensors["label"] = tensors["label"].long()
-    return CachedDataset(tensors, classes=getattr(ds, "classes", None), source_fingerprint=_fingerprint_of(ds),
-                         name=repr(ds) if len(repr(ds)) < 200 else type(ds).__name__)
+    if derive is not None and source_fingerprint is None:
+        raise ValueError("cache_dataset: derive= changes what is cached, so pass source_fingerprint= too (the "
+                         "dataset's fingerprint plus a tag naming the derivation)")
+    what = type(ds).__name__
+    src_fp = source_fingerprint if source_fingerprint is not None else _fingerprint_of(ds)
+    name = desc or f"cache {what}"
+    label = repr(ds) if len(repr(ds)) < 200 else what
+    classes = getattr(ds, "classes", None)
+    budget = _budget(memory_budget)
+    root, named = cache_root(cache_dir)
+    folder = root / f"{_slug(name)}-{store_key(src_fp, keys, len(ds))}" if src_fp is not None else None
+
+    store = ArrayStore.open(folder) if folder is not None else None
+    mem: dict[str, torch.Tensor] | None = None
+    if store is None:
+        n = len(ds)
+        workers = int(num_workers) if num_workers is not None else min(8, os.cpu_count() or 1) if n >= 2048 else 0
+        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_items,
+                            persistent_workers=False)
+        writer: Any = None
+        start = 0
+        try:
+            for batch in tqdm(loader, desc=name, disable=bar_disabled(progress), leave=False, **_tqdm_kw()):
+                arrays = _batch_arrays(batch, keys, derive, what)
+                if writer is None and mem is None:  # first batch: memory or disk?
+                    need = n * sum(v[0].nbytes for v in arrays.values())
+                    if (need > budget or named) and folder is not None:
+                        if need > budget:
+                            log.info("%s: %.1f GB exceeds the memory budget (%.1f GB): streaming from %s", name,
+                                     need / 1e9, budget / 1e9, folder)
+                        writer = StoreWriter(folder, n, {"source_fingerprint": src_fp, "keys": keys,
+                                                         "dataset": label})
+                    else:
+                        if need > budget:
+                            log.warning("%s: %.1f GB exceeds the memory budget, but %s has no fingerprint() to "
+                                        "key a disk cache with: caching in memory", name, need / 1e9, what)
+                        mem = {k: torch.empty((n, *v.shape[1:]), dtype=v.dtype) for k, v in arrays.items()}
+                b = len(arrays["label"])
+                if writer is not None:
+                    writer.write(start, {k: v.numpy() for k, v in arrays.items()})
+                else:
+                    for k, v in arrays.items():
+                        mem[k][start:start + b] = v
+                start += b
+            if writer is None and mem is None:
+                raise ValueError(f"cache_dataset: {what} is empty")
+            if start != n:
+                raise ValueError(f"cache_dataset: {what} yielded {start} items, len() says {n}")
+            if writer is not None:
+                store = ArrayStore.open(writer.commit())
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+    if store is not None:
+        if store.nbytes > budget:
+            return StreamedDataset(store, classes=classes, source_fingerprint=src_fp, name=label)
+        mem = {k: torch.from_numpy(store.read_all(k)) for k in store.columns}
+    return CachedDataset(mem, classes=classes, source_fingerprint=src_fp, name=label)
 
 
 class _EpochSampler(Sampler[int]):

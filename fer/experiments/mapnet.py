@@ -83,7 +83,7 @@ from ..losses import root_inverse_weights
 from ..models import create_model
 from ..models.mapnet import MapNetLoss, MaskChannelInput, block_weights, mask_forward
 from ..runs import RunResult, run
-from ..train import CachedDataset, InputTransform, TrainConfig, cache_dataset
+from ..train import CachedDataset, InputTransform, TrainConfig, cache_dataset, cached_fingerprint
 from ._common import ProfileSetup, localisation_row, random_subset, stratified_indices
 from ._common import profile_setups as _profile_setups
 
@@ -337,15 +337,25 @@ def with_face_masks(ds: CachedDataset, *, source: str = "") -> CachedDataset:
     faces whose landmarks are missing (NaN, a failed detection) get an all-ones mask.
     """
     if "landmarks" not in ds.tensors:
-        raise KeyError(f"{source or ds.name}: no landmarks to build MAPNet's face masks from. Fix: write the "
-                       f"landmark cache with `python -m fer.data.landmarks --dataset NAME --root ROOT` "
-                       f"(see book/datasets/landmarks_masks)")
+        raise _no_landmarks(source or ds.name)
     size = tuple(ds.images.shape[-2:])
     masks = face_mask(ds.tensors["landmarks"].float(), size, missing="ones")
     tensors = {k: v for k, v in ds.tensors.items() if k != "landmarks"}
     tensors["mask"] = masks.to(torch.uint8).unsqueeze(1)
     return CachedDataset(tensors, classes=ds.classes, source_fingerprint=f"{ds.fingerprint()}:face_mask/1",
                          name=ds.name)
+
+
+def _no_landmarks(source: str) -> KeyError:
+    return KeyError(f"{source}: no landmarks to build MAPNet's face masks from. Fix: write the landmark cache with "
+                    f"`python -m fer.data.landmarks --dataset NAME --root ROOT` (see book/datasets/landmarks_masks)")
+
+
+def _face_masks(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``derive=`` of :func:`cache_dataset`: one decoded batch's landmarks -> uint8 face masks (as
+    :func:`with_face_masks`, batch by batch: no float ``N x H x W`` array)."""
+    mask = face_mask(batch["landmarks"].float(), tuple(batch["image"].shape[-2:]), missing="ones")
+    return {k: v for k, v in batch.items() if k != "landmarks"} | {"mask": mask.to(torch.uint8).unsqueeze(1)}
 
 
 def _synfer(variant: str, split: str, n: int | None, setup: Setup, progress: bool, *, seed_offset: int = 0,
@@ -366,8 +376,18 @@ def _real(name: str, split: str, setup: Setup, n: int | None, progress: bool) ->
     ds = load_dataset(name, setup.data_root, split, image_size=setup.image_size)
     if name == "affectnet" and split == "train" and setup.affectnet_train is not None:
         ds = ds.subset(affectnet_subset(ds.targets, setup.affectnet_train))  # before decoding anything
-    cached = cache_dataset(ds, keys=("image", "label", "landmarks"), progress=progress, desc=f"{name} {split}")
-    return random_subset(with_face_masks(cached, source=f"{name} under {setup.data_root}"), n, setup.seed)
+    # Decoded once (on disk under $FER_CACHE when over the memory budget), masks made per batch as uint8;
+    # the fingerprint is the one with_face_masks(cache_dataset(ds, keys=keys)) gives.
+    keys = ("image", "label", "landmarks")
+    try:
+        cached = cache_dataset(ds, keys=keys, progress=progress, desc=f"{name} {split}", num_workers=None,
+                               derive=_face_masks,
+                               source_fingerprint=f"{cached_fingerprint(keys, ds.fingerprint())}:face_mask/1")
+    except KeyError as err:
+        if "landmarks" not in str(err):
+            raise
+        raise _no_landmarks(f"{name} under {setup.data_root}") from None
+    return random_subset(cached, n, setup.seed)
 
 
 def affectnet_subset(targets: Sequence[int], n: int = PAPER_DATA["AffectNet"][0],

@@ -383,10 +383,11 @@ def load_data(setup: Setup, dataset: str, *, progress: bool = True) -> ChapterDa
 
     root = _data_root(setup, dataset)
     raw_test = load_dataset(info.real, root, "test", image_size=setup.input_size)
+    # decoded once: in memory, or on disk under $FER_CACHE when over the memory budget (AffectNet's 284K faces)
     parts = {"train": random_subset(cache_dataset(load_dataset(info.real, root, "train", image_size=setup.input_size),
-                                            progress=progress, desc=f"{info.paper_name} train"),
+                                            progress=progress, desc=f"{info.paper_name} train", num_workers=None),
                               setup.n_train, setup.data_seed),
-             "test": cache_dataset(raw_test, progress=progress, desc=f"{info.paper_name} test")}
+             "test": cache_dataset(raw_test, progress=progress, desc=f"{info.paper_name} test", num_workers=None)}
     pose = _pose_affectnet(root, raw_test) if dataset == "affectnet" else None
     return ChapterData(dataset, parts["train"], parts["test"],
                        source=f"{info.paper_name} from {Path(root) / info.real}", pose_indices=pose)
