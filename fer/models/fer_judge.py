@@ -75,7 +75,13 @@ Public API (other modules code against these names):
    widened by 10 px per side, then resizes it to 64 x 64 (OpenCV bilinear). FER2013's
    own 48 x 48 crops are tight too: the face from mid-forehead to chin fills most of the
    frame. :func:`judge_faces` rebuilds such a box from the 68 landmarks (see
-   :func:`face_box_from_landmarks`); without landmarks it judges the whole image.
+   :func:`face_box_from_landmarks`: the landmarks' box raised by 20 % for the forehead,
+   made square, plus 10 % a side); without landmarks it judges the whole image. The crop
+   is shrunk to 48 x 48 (``INTER_AREA``) and then enlarged to 64 x 64 (bilinear), as the
+   network's FER2013 training images were (``via=None`` skips the 48 px step). Other
+   reasonable crops (margin 0-0.3, forehead 0-0.4, the whole image, no 48 px step) moved
+   the judge's mean per-class recall on SynFER ``clean`` by less than 0.1 (generator
+   version 1, 40 faces per class), far less than the gaps between classes.
 """
 from __future__ import annotations
 
@@ -92,7 +98,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from timm.layers import create_conv2d
 from timm.layers.pool2d_same import MaxPool2dSame
 from torch import nn
