@@ -5,6 +5,7 @@
 #   make book PROFILE=paper DATA_ROOT=/data/fer ONLY='book/manet/*'
 #   make test                     pytest: unit tests + nbval over book/ (smoke profile)
 #   make bench                    every benchmarks/bench_*.py -> _build/bench
+#   make lab                      JupyterLab on book/ with this environment's kernel
 #   make clean / make distclean   remove _build / also .venv and runs/
 #   make book VENV=$CONDA_PREFIX  use an activated conda env instead of .venv
 
@@ -22,8 +23,9 @@ ONLY      ?=
 BOOK_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_OUT ?= _build/bench
+LAB_ARGS  ?=
 
-.PHONY: book test bench clean distclean venv $(VENV)
+.PHONY: book test bench lab clean distclean venv $(VENV)
 
 # `make .venv` (or `make venv`) creates the environment; it is refreshed
 # whenever pyproject.toml is newer than the stamp file inside it.
@@ -56,6 +58,14 @@ bench: $(STAMP)
 		echo ">> $$f --out $(BENCH_OUT)"; \
 		$(VPY) "$$f" --out $(BENCH_OUT); \
 	done
+
+# JupyterLab on the book's notebooks. Its "Python 3" kernel is $(VPY), the environment
+# `make book` and `make test` use; the `lab` extra (jupyterlab) is installed on first use.
+# LAB_ARGS reaches jupyter lab (e.g. LAB_ARGS='--no-browser --port 8890').
+lab: $(STAMP)
+	@$(VPY) -c 'import jupyterlab' 2>/dev/null || \
+		$(VPY) -m pip install --disable-pip-version-check -e ".[book,test,lab]"
+	$(VPY) -m jupyterlab book $(LAB_ARGS)
 
 clean:
 	rm -rf _build

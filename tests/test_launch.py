@@ -124,8 +124,10 @@ def test_the_cell_is_left_out_of_the_pages():
 
 
 def test_sync_writes_the_cell_first_then_leaves_notebooks_alone(book, capsys):
+    raw = {p: p.read_bytes() for p in _launch.notebooks(book)}
     assert main(["--root", str(book), "--check"]) == 1
     assert "book/a/index.ipynb" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in raw} == raw  # --check writes nothing
     before = {p: json.loads(p.read_text()) for p in _launch.notebooks(book)}
     assert main(["--root", str(book)]) == 0
     for p, old in before.items():
