@@ -18,7 +18,8 @@ What the papers need, and where it lives:
 * class-weighted losses, equation (5) of the VGG16 + CBAM paper:
   :func:`class_weights_inverse`;
 * a data pipeline that is not the bottleneck: :func:`cache_dataset` renders or decodes a
-  dataset once into an in-memory uint8 tensor; conversion to float, normalisation
+  dataset once into an in-memory uint8 tensor (or, over the memory budget, into an on-disk
+  store read by rows: :class:`StreamedDataset`); conversion to float, normalisation
   and augmentation (flip, shift) happen on the device (:class:`InputTransform`);
 * results that survive a crash: with ``run_dir`` set, :func:`fit` writes
   ``history.jsonl`` and ``checkpoint.pt`` atomically after every epoch and resumes
@@ -49,6 +50,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import uuid
@@ -816,6 +818,11 @@ def cache_dataset(ds: Dataset, *, keys: Sequence[str] = ("image", "label"), batc
                                      need / 1e9, budget / 1e9, folder)
                         writer = StoreWriter(folder, n, {"source_fingerprint": src_fp, "keys": keys,
                                                          "dataset": label})
+                        free = shutil.disk_usage(writer.part).free
+                        if free < need:
+                            raise OSError(f"{name}: its disk cache needs {need / 1e9:.1f} GB but {root} has "
+                                          f"{free / 1e9:.1f} GB free. Fix: point FER_CACHE (or cache_dir=) at a "
+                                          f"disk with room, or raise FER_MEMORY_BUDGET if it fits in memory")
                     else:
                         if need > budget:
                             log.warning("%s: %.1f GB exceeds the memory budget, but %s has no fingerprint() to "

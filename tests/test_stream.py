@@ -208,15 +208,23 @@ def test_the_budget_picks_memory_or_disk(affectnet_root, tmp_path, monkeypatch):
     assert _stores(tmp_path / "c") and not (tmp_path / "d").exists()
     monkeypatch.setenv("FER_MEMORY_BUDGET", "1G")
     assert type(cache_dataset(ds, keys=KEYS, progress=False)) is CachedDataset
-    # no cache folder named, within the budget: memory only, nothing written
+    # no cache folder named: within the budget, memory only and nothing written; over it, the default folder
     monkeypatch.delenv("FER_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "d"))
-    assert type(cache_dataset(ds, keys=KEYS, progress=False)) is CachedDataset and not (tmp_path / "d").exists()
+    assert type(cache_dataset(ds, keys=KEYS, progress=False, memory_budget=need)) is CachedDataset
+    assert not (tmp_path / "d").exists()
     assert stream.cache_root() == (tmp_path / "d" / "fer" / "datasets", False)
+    over = cache_dataset(ds, keys=KEYS, progress=False, memory_budget=need - 1)
+    assert isinstance(over, StreamedDataset) and over.store.folder.parent == tmp_path / "d" / "fer" / "datasets"
     assert [stream.parse_bytes(t) for t in ("8G", "512M", "1.5GiB", "1000", "2kb")] == [
         8 << 30, 512 << 20, 3 << 29, 1000, 2048]
     with pytest.raises(ValueError, match="size in bytes"):
         stream.parse_bytes("lots")
     assert stream.memory_budget() == 1 << 30
+    # a disk without room is an error that names the fix, and leaves nothing behind
+    monkeypatch.setattr("shutil.disk_usage", lambda p: type("U", (), {"free": need - 1})())
+    with pytest.raises(OSError, match="FER_CACHE"):
+        cache_dataset(ds, keys=KEYS, progress=False, cache_dir=tmp_path / "e", memory_budget=0)
+    assert _stores(tmp_path / "e") == []
     monkeypatch.delenv("FER_MEMORY_BUDGET")
     assert 0 < stream.memory_budget() <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
