@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,50 @@ def test_a_row_trains_once_then_loads_and_explains(tmp_path, monkeypatch):
     loc = C.localisation_table({"cbam": (first.model, cfg)}, ex)
     assert loc["map"].tolist() == ["Grad-CAM", "CBAM spatial"]
     assert ((loc["energy on evidence"] >= 0) & (loc["energy on evidence"] <= 1)).all()
+    rel = ex.tensors["relevance"].double()  # chance needs no model: the evidence's mean and area share
+    assert loc["energy (chance)"].tolist() == pytest.approx([float(rel.mean())] * len(loc))
+    assert loc["pointing (chance)"].tolist() == pytest.approx([float((rel >= 0.5).double().mean())] * len(loc))
+    assert loc["faces"].tolist() == [4] * len(loc)
+
+
+def test_localisation_table_on_maps_with_a_known_answer(monkeypatch):
+    """Each (model, map) row carries its own map's scores against its own face's evidence.
+
+    Two faces with disjoint evidence boxes of area share 1/8 and 1/4 (chance: 3/16); the maps
+    are stand-ins for Grad-CAM and CBAM's spatial map whose scores are known by hand.
+    """
+    from types import SimpleNamespace
+
+    rel = torch.zeros(2, 8, 8)
+    rel[0, :2, :4] = 1.0
+    rel[1, 4:, 4:] = 1.0
+    ds = SimpleNamespace(images=torch.zeros(2, 3, 48, 48, dtype=torch.uint8), labels=torch.tensor([3, 5]),
+                         tensors={"relevance": rel})
+    cbam = SimpleNamespace(heat=rel.numpy(), attn=SimpleNamespace(spatial_gate=None))  # Grad-CAM on the evidence
+    plain = SimpleNamespace(heat=1 + 2 * rel.numpy())  # no CBAM; 3x the heat on the evidence
+    asked = []
+
+    def gradcam_maps(model, images, config, *, targets=None, method="gradcam"):
+        assert images is ds.images and config == "config"
+        asked.append(targets)
+        return model.heat
+
+    monkeypatch.setattr(C, "gradcam_maps", gradcam_maps)
+    monkeypatch.setattr(C, "cbam_spatial_maps", lambda model, images, config: np.full((2, 8, 8), 0.3))  # uniform
+    loc = C.localisation_table({"cbam": (cbam, "config"), "plain": (plain, "config")}, ds)
+    chance = 3 / 16
+    expected = [  # model, map, energy share, pointing game
+        ("cbam", "Grad-CAM", 1.0, 1.0),
+        ("cbam", "CBAM spatial", chance, chance),  # uniform: the area share, peak ties everywhere
+        ("plain", "Grad-CAM", (3 / 10 + 1 / 2) / 2, 1.0),  # 3a / (3a + 1 - a) per face
+    ]
+    assert loc[["model", "map"]].values.tolist() == [[m, k] for m, k, _, _ in expected]
+    assert loc["energy on evidence"].tolist() == pytest.approx([e for *_, e, _ in expected], abs=1e-12)
+    assert loc["pointing game"].tolist() == pytest.approx([p for *_, p in expected], abs=1e-12)
+    assert loc["energy (chance)"].tolist() == pytest.approx([chance] * 3)
+    assert loc["pointing (chance)"].tolist() == pytest.approx([chance] * 3)
+    assert loc["faces"].tolist() == [2, 2, 2]
+    assert asked == [[3, 5], [3, 5]]  # the true classes are explained
+    asked.clear()
+    C.localisation_table({"plain": (plain, "config")}, ds, targets="predicted")
+    assert asked == [None]

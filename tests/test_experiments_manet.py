@@ -115,3 +115,40 @@ def test_reorder_confusion():
     classes = ("a", "b")
     df = M.reorder_confusion([[3, 1], [0, 2]], classes, ("b", "a"))
     assert df.loc["b", "b"] == 100.0 and df.loc["a", "a"] == 75.0 and df.loc["a", "b"] == 25.0
+
+
+def test_localisation_table_on_maps_with_a_known_answer(monkeypatch):
+    """Each model's row carries its own Grad-CAM's scores against each face's own evidence.
+
+    Two faces with disjoint evidence boxes of area share 1/8 and 1/4 (chance: 3/16); the
+    Grad-CAM maps are stand-ins whose scores are known by hand.
+    """
+    from types import SimpleNamespace
+
+    rel = torch.zeros(2, 8, 8)
+    rel[0, :2, :4] = 1.0
+    rel[1, 4:, 4:] = 1.0
+    ds = SimpleNamespace(images=torch.zeros(2, 3, 48, 48, dtype=torch.uint8), labels=torch.tensor([2, 4]),
+                         tensors={"relevance": rel})
+    heat = {"inside": rel.numpy(), "uniform": np.full((2, 8, 8), 0.3), "outside": 1 - rel.numpy(),
+            "swapped": rel.flip(0).numpy(), "3x inside": 1 + 2 * rel.numpy()}
+    asked = []
+
+    def gradcam_maps(model, images, config, *, targets=None, method="gradcam"):
+        assert images is ds.images and config == "config"
+        asked.append(targets)
+        return heat[model]
+
+    monkeypatch.setattr(M, "gradcam_maps", gradcam_maps)
+    loc = M.localisation_table({k: (k, "config") for k in heat}, ds)
+    chance = 3 / 16
+    assert loc["model"].tolist() == list(heat)
+    # exactly the evidence; uniform = the area share (the peak ties everywhere); entirely outside;
+    # the other face's box (maps pair with their own face); 3a / (3a + 1 - a) per face.
+    assert loc["energy on evidence"].tolist() == pytest.approx([1.0, chance, 0.0, 0.0, (3 / 10 + 1 / 2) / 2],
+                                                               abs=1e-12)
+    assert loc["pointing game"].tolist() == pytest.approx([1.0, chance, 0.0, 0.0, 1.0], abs=1e-12)
+    assert loc["energy (chance)"].tolist() == pytest.approx([chance] * 5)
+    assert loc["pointing (chance)"].tolist() == pytest.approx([chance] * 5)
+    assert loc["faces"].tolist() == [2] * 5
+    assert asked == [[2, 4]] * 5  # the true classes are explained

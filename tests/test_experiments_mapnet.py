@@ -115,6 +115,57 @@ def test_tiny_run_trains_once_then_loads(tmp_path, monkeypatch):
     assert energy["layer4 masked"] >= energy["layer4"] - 1e-6  # the mask raises the face's share
 
 
+def test_mask_energy_on_maps_with_a_known_answer():
+    """The share of each map on the face mask, against maps whose share is known by hand."""
+    masks = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    masks[0, 0, :4, :4] = 1  # a quarter of the image
+    masks[1, 0, :, 4:] = 1  # half of it
+    small = torch.nn.functional.avg_pool2d(masks.float(), 2)[:, 0].numpy()  # at 4 x 4: exact, cells are 2 x 2
+    maps = {"exactly the mask": small, "uniform": np.full((2, 4, 4), 0.2), "entirely outside": 1 - small,
+            "the other face's mask": small[::-1].copy(), "8 x 8, 3x on the mask": 1 + 2 * masks[:, 0].float().numpy(),
+            "all zero": np.zeros((2, 4, 4))}
+    energy = E.mask_energy(maps, masks)
+    assert list(energy) == list(maps)
+    assert energy == pytest.approx({
+        "exactly the mask": 1.0,
+        "uniform": (1 / 4 + 1 / 2) / 2,  # the mask's area share, mean over faces
+        "entirely outside": 0.0,
+        "the other face's mask": 0.0,  # each map is paired with its own face's mask
+        "8 x 8, 3x on the mask": (1 / 2 + 3 / 4) / 2,  # 3a / (3a + 1 - a) per face
+        "all zero": 0.0,
+    }, abs=1e-6)
+
+
+def test_localisation_table_on_maps_with_a_known_answer(monkeypatch):
+    """Each model's row carries its own Grad-CAM's scores against each face's own evidence
+    (two disjoint boxes of area share 1/8 and 1/4: chance 3/16)."""
+    from types import SimpleNamespace
+
+    rel = torch.zeros(2, 8, 8)
+    rel[0, :2, :4] = 1.0
+    rel[1, 4:, 4:] = 1.0
+    ds = SimpleNamespace(labels=torch.tensor([0, 6]), tensors={"relevance": rel})
+    heat = {"inside": rel.numpy(), "uniform": np.full((2, 8, 8), 0.3), "outside": 1 - rel.numpy(),
+            "swapped": rel.flip(0).numpy(), "3x inside": 1 + 2 * rel.numpy()}
+    asked = []
+
+    def gradcam_maps(model, data, config, *, targets=None):
+        assert data is ds and config == "config"
+        asked.append(targets)
+        return heat[model]
+
+    monkeypatch.setattr(E, "gradcam_maps", gradcam_maps)
+    loc = E.localisation_table({k: (k, "config") for k in heat}, ds)
+    chance = 3 / 16
+    assert loc.index.tolist() == list(heat)
+    assert loc["energy on evidence"].tolist() == pytest.approx([1.0, chance, 0.0, 0.0, (3 / 10 + 1 / 2) / 2],
+                                                               abs=1e-12)
+    assert loc["pointing game"].tolist() == pytest.approx([1.0, chance, 0.0, 0.0, 1.0], abs=1e-12)
+    assert loc["energy (chance)"].tolist() == pytest.approx([chance] * 5)
+    assert loc["pointing (chance)"].tolist() == pytest.approx([chance] * 5)
+    assert asked == [[0, 6]] * 5  # the true classes are explained
+
+
 def test_affectnet_stand_in_and_unknown_dataset():
     data = E.load_data(E.Setup(n_train=8, n_test=4, n_occluded=4), "affectnet", progress=False)
     assert data.test_name == "AffectNet" and "affectnet" in data.source

@@ -145,6 +145,60 @@ def test_tiny_row_trains_once_then_loads_from_cache(tmp_path, monkeypatch):
     loc = M.localisation_table({"full": (first.model, first.run.config)}, explain)
     assert list(loc["map"]) == ["Grad-CAM", "CBAM spatial 7x7", "CBAM spatial 5x5", "CBAM spatial 3x3"]
     assert ((loc["energy on evidence"] >= 0) & (loc["energy on evidence"] <= 1)).all()
+    rel = explain.tensors["relevance"].double()  # chance needs no model: the evidence's mean and area share
+    assert loc["energy (chance)"].tolist() == pytest.approx([float(rel.mean())] * len(loc))
+    assert loc["pointing (chance)"].tolist() == pytest.approx([float((rel >= 0.5).double().mean())] * len(loc))
+    assert loc["faces"].tolist() == [4] * len(loc)
+
+
+def test_localisation_table_on_maps_with_a_known_answer(monkeypatch):
+    """Each (model, map) row carries its own map's scores against its own face's evidence.
+
+    Two faces with disjoint evidence boxes of area share 1/8 and 1/4 (chance: 3/16); Grad-CAM
+    and the three branches' CBAM spatial maps are stand-ins whose scores are known by hand.
+    """
+    from types import SimpleNamespace
+
+    rel = torch.zeros(2, 8, 8)
+    rel[0, :2, :4] = 1.0
+    rel[1, 4:, 4:] = 1.0
+    ds = SimpleNamespace(images=torch.zeros(2, 3, 32, 32, dtype=torch.uint8), labels=torch.tensor([1, 6]),
+                         tensors={"relevance": rel})
+    full = M.build_model("full", input_size=32, width=0.125)
+    baseline = M.build_model("baseline", input_size=32, width=0.125)  # no CBAM: one row
+    heat = {full: 1 + 2 * rel.numpy(), baseline: rel.flip(0).numpy()}  # 3x heat inside; the other face's box
+    asked = []
+
+    def gradcam_maps(model, images, config, *, targets=None, target_layer=None):
+        assert images is ds.images and config == "config"
+        asked.append(targets)
+        return heat[model]
+
+    def branch_spatial_maps(model, images, config):
+        assert model is full and images is ds.images
+        return {"7x7": rel.numpy(), "5x5": np.full((2, 8, 8), 0.3), "3x3": 1 - rel.numpy()}
+
+    monkeypatch.setattr(M, "gradcam_maps", gradcam_maps)
+    monkeypatch.setattr(M, "branch_spatial_maps", branch_spatial_maps)
+    loc = M.localisation_table({"full": (full, "config"), "baseline": (baseline, "config")}, ds)
+    chance = 3 / 16
+    expected = [  # model, map, energy share, pointing game
+        ("full", "Grad-CAM", (3 / 10 + 1 / 2) / 2, 1.0),  # 3a / (3a + 1 - a) per face
+        ("full", "CBAM spatial 7x7", 1.0, 1.0),  # exactly the evidence
+        ("full", "CBAM spatial 5x5", chance, chance),  # uniform: the area share, peak ties everywhere
+        ("full", "CBAM spatial 3x3", 0.0, 0.0),  # entirely outside
+        ("baseline", "Grad-CAM", 0.0, 0.0),  # the other face's evidence: maps pair with their own face
+    ]
+    assert loc[["model", "map"]].values.tolist() == [[m, k] for m, k, _, _ in expected]
+    assert loc["energy on evidence"].tolist() == pytest.approx([e for *_, e, _ in expected], abs=1e-12)
+    assert loc["pointing game"].tolist() == pytest.approx([p for *_, p in expected], abs=1e-12)
+    assert loc["energy (chance)"].tolist() == pytest.approx([chance] * 5)
+    assert loc["pointing (chance)"].tolist() == pytest.approx([chance] * 5)
+    assert loc["faces"].tolist() == [2] * 5
+    assert asked == [[1, 6], [1, 6]]  # the true classes are explained
+    asked.clear()
+    M.localisation_table({"baseline": (baseline, "config")}, ds, targets="predicted")
+    assert asked == [None]
 
 
 def test_loss_is_equation_2_in_runs():

@@ -308,3 +308,37 @@ def test_localisation_on_synfer_relevance():
     uniform = localisation_scores(torch.ones(2, 7, 7), rel)
     assert uniform["energy"] == pytest.approx(uniform["energy_chance"])
     assert uniform["pointing"] == pytest.approx(uniform["pointing_chance"])
+
+
+# Maps with a known answer on two faces whose evidence regions are disjoint boxes of area
+# share 1/8 and 1/4: chance is their mean, 3/16, for the energy share and the pointing game.
+def _two_regions() -> torch.Tensor:
+    rel = torch.zeros(2, 8, 8)
+    rel[0, :2, :4] = 1.0  # 8 of 64 pixels
+    rel[1, 4:, 4:] = 1.0  # 16 of 64 pixels
+    return rel
+
+
+KNOWN_MAPS = {  # name -> (heat from the relevance maps, energy share, pointing-game hit rate)
+    "exactly the region": (lambda r: r, 1.0, 1.0),
+    "uniform": (lambda r: torch.full_like(r, 0.7), 3 / 16, 3 / 16),  # every pixel ties: the area share
+    "entirely outside": (lambda r: 1 - r, 0.0, 0.0),
+    "3x heat inside": (lambda r: 1 + 2 * r, (3 / 10 + 1 / 2) / 2, 1.0),  # 3a / (3a + 1 - a) per face
+    "the other face's region": (lambda r: r.flip(0), 0.0, 0.0),  # heat and evidence must be paired by face
+}
+
+
+@pytest.mark.parametrize("name", list(KNOWN_MAPS))
+def test_localisation_row_on_maps_with_a_known_answer(name):
+    from fer.experiments._common import localisation_row
+
+    rel = _two_regions()
+    heat, energy, pointing = KNOWN_MAPS[name]
+    for h in (heat(rel), heat(rel).numpy(), heat(rel)[:, None]):  # tensor, array, B x 1 x H x W
+        row = localisation_row(h, rel, model="m", map=name)
+        assert list(row) == ["model", "map", "energy on evidence", "energy (chance)", "pointing game",
+                             "pointing (chance)", "faces"]
+        assert (row["model"], row["map"], row["faces"]) == ("m", name, 2)
+        assert row["energy on evidence"] == pytest.approx(energy, abs=1e-12)
+        assert row["pointing game"] == pytest.approx(pointing, abs=1e-12)
+        assert row["energy (chance)"] == pytest.approx(3 / 16) and row["pointing (chance)"] == pytest.approx(3 / 16)
