@@ -39,7 +39,7 @@ Python::
     result.faces[0]["probabilities"]
 
 Detector settings (``upsample``, ``score_threshold``), measured on
-``skimage.data.astronaut()`` (512 x 512, one face) with dlib-bin 19.24 (the test
+``skimage.data.astronaut()`` (512 x 512, one face) with dlib 20.0.1 (dlib-bin; the test
 ``tests/test_predict.py::test_detector_settings_on_the_astronaut`` asserts the counts):
 
 =========================  ==========  ============================================

@@ -104,7 +104,7 @@ def _load(res) -> dict:
 
 
 def test_detector_settings_on_the_astronaut(astronaut):
-    """The counts the module docstring reports (dlib-bin 19.24)."""
+    """The counts the module docstring and the README report (measured with dlib 20.0.1)."""
     assert (DEFAULT_UPSAMPLE, DEFAULT_SCORE_THRESHOLD) == (1, 0.5)
     default = detect_faces(astronaut)
     assert len(default) == 1 and _inside(default[0].box, FACE_BOX)
