@@ -176,8 +176,7 @@ def _brow_polygon(geo: FaceGeometry, idx: np.ndarray, thickness: float, inner_la
     return geo.project(poly3)
 
 
-def _eye(img: np.ndarray, geo: FaceGeometry, idx: np.ndarray, identity: Identity, gaze: tuple[float, float],
-         aus: dict[int, float]) -> None:
+def _eye(img: np.ndarray, geo: FaceGeometry, idx: np.ndarray, identity: Identity, gaze: tuple[float, float]) -> None:
     lm = geo.landmarks[idx]
     poly = catmull_rom(lm, closed=True, steps=4)
     width = float(np.linalg.norm(lm[3] - lm[0]))
@@ -189,42 +188,37 @@ def _eye(img: np.ndarray, geo: FaceGeometry, idx: np.ndarray, identity: Identity
     centre = corners_mid + axis * gaze[0] * width + normal * gaze[1] * width
     r = 0.22 * width
     skin = identity.skin
-    s = geo.scale
-    # Upper-lid crease: a fold above the lash line; AU 5 retracts the lid into it,
-    # AU 4 and AU 7 bring it down onto the lashes.
-    w5, w4, w7 = aus.get(5, 0.0), aus.get(4, 0.0), aus.get(7, 0.0)
-    lift = (0.028 + 0.012 * w5 - 0.01 * min(w4 + w7, 1.2)) * s
-    crease = catmull_rom(lm[[0, 1, 2, 3]] - normal * lift * np.array([[0.35], [1.0], [1.0], [0.5]]), steps=3)
-    draw.line(img, crease, _shade(skin, 0.8 - 0.1 * min(w4 + w7, 1.0)), 0.008 * s)
     sclera = _mixc((238, 234, 228), skin, 0.12)
     draw.fill(img, poly, sclera)
     draw.fill_clipped(img, poly, [
         (draw.ellipse_points(centre[0], centre[1], r, r, n=20), identity.iris),
         (draw.ellipse_points(centre[0], centre[1], 0.42 * r, 0.42 * r, n=12), (12, 10, 10)),
     ])
+    s = geo.scale
     upper = catmull_rom(lm[[0, 1, 2, 3]], steps=4)
     lower = catmull_rom(lm[[3, 4, 5, 0]], steps=4)
-    draw.line(img, lower, _shade(skin, 0.72 - 0.12 * min(w7, 1.0)), 0.008 * s)
+    draw.line(img, lower, _shade(skin, 0.72), 0.008 * s)
     draw.line(img, upper, (35, 28, 28), max(1.0, 0.013 * s))
 
 
-def _nose(img: np.ndarray, geo: FaceGeometry, identity: Identity, light: float, aus: dict[int, float]) -> None:
+def _nose(img: np.ndarray, geo: FaceGeometry, identity: Identity, light: float) -> None:
     lm = geo.landmarks
     s = geo.scale
     skin = identity.skin
+    body = np.concatenate([lm[[27]] + [-0.03 * s, 0], lm[[31, 32, 33, 34, 35]], lm[[27]] + [0.03 * s, 0]])
+    draw.fill(img, body, skin)
     side = 1.0 if light >= 0 else -1.0  # shadow on the side away from the light
     bridge = lm[[27, 28, 29, 30]] + np.array([side * 0.035 * s, 0])
     draw.line(img, bridge, _shade(skin, 0.86), 0.01 * s)
     base = catmull_rom(lm[[31, 32, 33, 34, 35]], steps=3)
     draw.line(img, base, _shade(skin, 0.72), 0.01 * s)
-    flare = 1.0 + 0.15 * min(aus.get(9, 0.0), 1.2)  # AU 9 flares and darkens the nostrils
     for a, b in ((31, 32), (35, 34)):
         c = 0.6 * lm[a] + 0.4 * lm[b] - np.array([0, 0.008 * s])
-        rx = (0.3 * float(np.linalg.norm(lm[a] - lm[33])) + 0.3) * flare
-        draw.fill(img, draw.ellipse_points(c[0], c[1], rx, 0.45 * rx * flare, n=10), _shade(skin, 0.38 / flare))
+        rx = 0.3 * float(np.linalg.norm(lm[a] - lm[33])) + 0.3
+        draw.fill(img, draw.ellipse_points(c[0], c[1], rx, 0.45 * rx, n=10), _shade(skin, 0.38))
 
 
-def _mouth(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[int, float]) -> None:
+def _mouth(img: np.ndarray, geo: FaceGeometry, identity: Identity) -> None:
     lm = geo.landmarks
     s = geo.scale
     outer = catmull_rom(lm[48:60], closed=True, steps=4)
@@ -232,50 +226,19 @@ def _mouth(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[int
     draw.fill(img, outer, identity.lips)
     gap = float(np.mean(lm[[65, 66, 67], 1] - lm[[63, 62, 61], 1]))
     if gap > 0.25:
-        # The open mouth: a dark cavity, the tongue low in it when the jaw drops,
-        # the upper teeth under the upper lip and the lower teeth where the lower
-        # lip is pulled down or stretched (AU 16, 20) or the lips are bared (AU 10).
         upper_in = catmull_rom(lm[[60, 61, 62, 63, 64]], steps=4)
-        lower_in = catmull_rom(lm[[60, 67, 66, 65, 64]], steps=4)
-        shapes = []
-        w26 = aus.get(26, 0.0)
-        if w26 > 0.2:
-            mid = lm[66] - np.array([0, 0.3 * gap])
-            half = 0.45 * float(np.linalg.norm(lm[64] - lm[60]))
-            shapes.append((draw.ellipse_points(mid[0], mid[1] + 0.1 * gap, half, 0.35 * gap, n=16), (150, 62, 70)))
-        h_up = (0.02 + 0.035 * min(max(aus.get(10, 0.0), aus.get(12, 0.0)), 1.0)) * s
-        shapes.append((np.concatenate([upper_in, upper_in[::-1] + np.array([0, h_up])]), (236, 232, 218)))
-        w_low = min(max(aus.get(16, 0.0), 0.6 * aus.get(20, 0.0), 0.7 * aus.get(10, 0.0)), 1.0)
-        if w_low > 0.1:
-            h_lo = 0.04 * s * w_low
-            shapes.append((np.concatenate([lower_in, lower_in[::-1] - np.array([0, h_lo])]), (226, 222, 208)))
-        draw.fill(img, inner, (44, 14, 18))
-        draw.fill_clipped(img, inner, shapes)
-        # Gaps between the front teeth.
-        if gap > 0.02 * s:
-            for f in (0.3, 0.5, 0.7):
-                top = upper_in[int(f * (len(upper_in) - 1))]
-                draw.line(img, np.stack([top, top + [0, min(h_up, gap) * 0.8]]), (150, 140, 130), 0.006 * s)
+        teeth = np.concatenate([upper_in, upper_in[::-1] + np.array([0, 0.045 * s])])
+        draw.fill(img, inner, (72, 22, 28))
+        draw.fill_clipped(img, inner, [(teeth, (236, 232, 218))])
     seam = catmull_rom(lm[[60, 61, 62, 63, 64]], steps=4)
-    draw.line(img, seam, _shade(identity.lips, 0.5 - 0.15 * min(aus.get(24, 0.0), 1.0)), 0.009 * s)
+    draw.line(img, seam, _shade(identity.lips, 0.5), 0.009 * s)
     if gap > 0.25:
         draw.line(img, catmull_rom(lm[[64, 65, 66, 67, 60]], steps=4), _shade(identity.lips, 0.55), 0.008 * s)
 
 
-def _furrow(img: np.ndarray, pts: np.ndarray, skin, w: float, th: float, light: np.ndarray | None = None) -> None:
-    """A skin fold: a dark crease, with a lit ridge beside it when ``light`` gives the offset."""
-    k = min(max(w, 0.0), 1.3)
-    if light is not None:
-        draw.line(img, pts + light, _shade(skin, 1.0 + 0.08 * k), th)
-    draw.line(img, pts, _shade(skin, 1.0 - 0.36 * k), th)
-
-
-
 def _wrinkles(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[int, float], side: int) -> None:
-    """Texture cues of action units: forehead lines (1, 2), glabella furrows and brow
-    shadow (4), nose wrinkles (9), nasolabial folds (6, 9, 10, 12), crow's feet (6),
-    lower-lid bulge (7), dimple (14), marionette lines (15), chin boss (17),
-    stretched corners (20), pressed-lip bulges (23, 24)."""
+    """Texture cues of action units: forehead lines (1, 2), glabella furrows (4),
+    nose wrinkles (9), nasolabial folds (6, 10, 12), crow's feet (6), dimple (14)."""
     lm = geo.landmarks
     s = geo.scale
     sh = geo.shape3d
@@ -285,64 +248,36 @@ def _wrinkles(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[
         return _shade(skin, 1.0 - 0.32 * min(max(w, 0.0), 1.2))
 
     th = 0.009 * s
-    down = np.array([0.0, 0.007 * s])
-    w1, w2, w4 = aus.get(1, 0.0), aus.get(2, 0.0), aus.get(4, 0.0)
-    w12 = max(w1, w2)
+    w12 = max(aus.get(1, 0.0), aus.get(2, 0.0))
     if w12 > 0.2:
         brow_top = min(sh[17:27, 1]) - 0.06
-        # AU 1 without AU 2 (sad; fear with AU 4) wrinkles the middle of the forehead only.
-        span = 0.1 + 0.18 * w2 / max(w12, 1e-6)
+        span = 0.16 + 0.12 * aus.get(2, 0.0)
         for k in range(3):
             xs = np.linspace(-span, span, 7)
             ys = brow_top - 0.04 * k + 0.06 * (xs / 0.3) ** 2
             pts = np.stack([xs, ys, 0.5 + 0.0 * xs], axis=1)
             draw.line(img, geo.project(pts), col(w12 * (1 - 0.25 * k)), th)
-    if w4 > 0.15:
-        # The brows' shadow on the upper lids, the glabella furrows between the brows
-        # and a crease across the root of the nose.
-        for brow, eye in ((np.arange(17, 22), np.array([36, 37, 38, 39])), (np.arange(22, 27), np.array([42, 43, 44, 45]))):
-            lo = lm[brow] + np.array([0, 0.006 * s])
-            lid = lm[eye] - np.array([0, 0.012 * s])
-            draw.blend_fill(img, np.concatenate([lo, lid[::-1] if eye[0] == 36 else lid]), _shade(skin, 0.55),
-                            0.35 * min(w4, 1.2))
-        mid = (sh[21] + sh[22]) / 2
-        gap = max(sh[22, 0] - sh[21, 0], 0.02)
+    w4 = aus.get(4, 0.0)
+    if w4 > 0.2:
         for sgn in (-1, 1):
-            x = mid[0] + sgn * 0.22 * gap
-            top = max(sh[21, 1], sh[22, 1]) - 0.045
-            pts = np.array([[x + sgn * 0.01, top, 0.6], [x, (top + sh[27, 1]) / 2, 0.6],
-                            [x + sgn * 0.006, sh[27, 1] + 0.015, 0.6]])
-            _furrow(img, catmull_rom(geo.project(pts), steps=3), skin, 1.3 * w4, th,
-                    np.array([sgn * 0.008 * s, 0]))
-        root = np.array([[-0.04, sh[27, 1] + 0.025, 0.62], [0.0, sh[27, 1] + 0.018, 0.63], [0.04, sh[27, 1] + 0.025, 0.62]])
-        _furrow(img, geo.project(root), skin, 0.8 * w4, th)
+            x = (sh[21, 0] + sh[22, 0]) / 2 + sgn * 0.028
+            pts = np.array([[x, sh[21, 1] - 0.05, 0.6], [x + sgn * 0.004, sh[21, 1] + 0.03, 0.6]])
+            draw.line(img, geo.project(pts), col(w4), th)
     w9 = aus.get(9, 0.0)
-    if w9 > 0.15:
-        # Nose wrinkles: creases across the bridge and slanting down its sides.
-        draw.blend_fill(img, geo.project(np.array([[-0.06, sh[27, 1] - 0.02, 0.6], [0.06, sh[27, 1] - 0.02, 0.6],
-                                                   [0.07, sh[29, 1], 0.62], [-0.07, sh[29, 1], 0.62]])),
-                        _shade(skin, 0.7), 0.25 * min(w9, 1.2))
-        for k in range(3):
-            y = sh[27, 1] + 0.02 + 0.032 * k
-            pts = np.array([[-0.055, y + 0.012, 0.6], [0.0, y, 0.66], [0.055, y + 0.012, 0.6]])
-            _furrow(img, catmull_rom(geo.project(pts), steps=3), skin, 1.2 * w9 * (1 - 0.15 * k), th, down)
-        for sgn in (-1, 1):
-            for k in range(2):
-                y = sh[28, 1] + 0.03 * k
-                pts = np.array([[sgn * 0.045, y, 0.6], [sgn * 0.085, y + 0.05, 0.55]])
-                _furrow(img, geo.project(pts), skin, w9 * (1 - 0.2 * k), th, down)
-    w10 = aus.get(10, 0.0)
-    wn = max(aus.get(6, 0.0), w10, aus.get(12, 0.0), w9)
+    if w9 > 0.2:
+        for k in range(2):
+            y = sh[28, 1] - 0.02 + 0.03 * k
+            pts = np.array([[-0.05, y, 0.62], [0.0, y - 0.008, 0.66], [0.05, y, 0.62]])
+            draw.line(img, geo.project(pts), col(w9), th)
+    wn = max(aus.get(6, 0.0), aus.get(10, 0.0), aus.get(12, 0.0), aus.get(9, 0.0))
     if wn > 0.15:
-        deep = max(w9, w10)  # AU 9 and 10 deepen the folds and bend them round the nose wing
         for wing, corner, sgn in ((31, 48, -1), (35, 54, 1)):
-            if side and sgn != side and max(aus.get(6, 0.0), w9, w10) < 0.15:
+            if side and sgn != side and max(aus.get(6, 0.0), aus.get(9, 0.0), aus.get(10, 0.0)) < 0.15:
                 continue
-            a = lm[wing] + np.array([sgn * (0.04 - 0.015 * deep) * s, -(0.02 + 0.02 * deep) * s])
+            a = lm[wing] + np.array([sgn * 0.04 * s, -0.02 * s])
             c = lm[corner] + np.array([sgn * 0.025 * s, 0.02 * s])
-            m = (a + c) / 2 + np.array([sgn * (0.045 + 0.01 * deep) * s, 0])
-            _furrow(img, catmull_rom(np.stack([a, m, c]), steps=4), skin, wn * (1 + 0.2 * deep), th * (1 + 0.4 * deep),
-                    np.array([sgn * 0.008 * s, 0]) if deep > 0.2 else None)
+            m = (a + c) / 2 + np.array([sgn * 0.045 * s, 0])
+            draw.line(img, catmull_rom(np.stack([a, m, c]), steps=4), col(wn), th)
     w6 = aus.get(6, 0.0)
     if w6 > 0.2:
         for corner, sgn in ((36, -1), (45, 1)):
@@ -350,55 +285,15 @@ def _wrinkles(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[
             for ang in (-0.35, 0.0, 0.35):
                 d = np.array([sgn * np.cos(ang), np.sin(ang)]) * 0.05 * s
                 draw.line(img, np.stack([o + d * 0.4, o + d * 1.3]), col(w6), th)
-    w7 = aus.get(7, 0.0)
-    wl = max(w6, w7, 0.8 * w9)
-    if wl > 0.2:
-        # The raised, tensed lower lid bulges: a fold under the lashes.
         for eye in (EYE_R, EYE_L):
             lower = lm[eye][[3, 4, 5, 0]] + np.array([0, 0.022 * s])
-            draw.line(img, catmull_rom(lower, steps=3), col(0.7 * wl), th)
+            draw.line(img, catmull_rom(lower, steps=3), col(0.7 * w6), th)
     w14 = aus.get(14, 0.0)
     if w14 > 0.2 and side:
         corner = lm[54] if side > 0 else lm[48]
         pts = np.stack([corner + [side * 0.02 * s, -0.025 * s], corner + [side * 0.03 * s, 0.0],
                         corner + [side * 0.02 * s, 0.025 * s]])
         draw.line(img, catmull_rom(pts, steps=3), col(w14), th)
-    w15 = aus.get(15, 0.0)
-    if w15 > 0.2:
-        # The pulled-down corners fold the skin below them.
-        for corner, sgn in ((48, -1), (54, 1)):
-            o = lm[corner]
-            pts = np.stack([o + [sgn * 0.035 * s, 0.01 * s], o + [sgn * 0.04 * s, 0.05 * s],
-                            o + [sgn * 0.03 * s, 0.09 * s]])
-            _furrow(img, catmull_rom(pts, steps=3), skin, w15, th)
-    w17 = aus.get(17, 0.0)
-    if w17 > 0.2:
-        # The chin boss pushed up: a deep fold under the lower lip, a wrinkled chin.
-        lip = lm[57]
-        chin = lm[8]
-        y = lip[1] + 0.45 * (chin[1] - lip[1])
-        half = 0.38 * float(np.linalg.norm(lm[54] - lm[48]))
-        pts = np.array([[lip[0] - half, y + 0.01 * s], [lip[0], y - 0.012 * s], [lip[0] + half, y + 0.01 * s]])
-        _furrow(img, catmull_rom(pts, steps=3), skin, 1.1 * w17, th, down)
-        for dx, dy in ((-0.3, 0.55), (0.3, 0.55), (0.0, 0.72)):
-            c = lip + np.array([dx * half, dy * (chin[1] - lip[1])])
-            draw.blend_fill(img, draw.ellipse_points(c[0], c[1], 0.012 * s, 0.008 * s, n=8), _shade(skin, 0.7),
-                            0.4 * min(w17, 1.2))
-    w20 = aus.get(20, 0.0)
-    if w20 > 0.2:
-        # Stretched corners: short vertical creases just outside them.
-        for corner, sgn in ((48, -1), (54, 1)):
-            o = lm[corner] + np.array([sgn * 0.035 * s, 0])
-            _furrow(img, np.stack([o - [0, 0.03 * s], o + [sgn * 0.006 * s, 0.035 * s]]), skin, w20, th)
-    wp = max(aus.get(23, 0.0), aus.get(24, 0.0))
-    if wp > 0.2:
-        # Pressed, tightened lips bulge the skin above and below them.
-        for y0, y1 in ((51, 33), (57, 8)):
-            c = 0.55 * lm[y0] + 0.45 * lm[y1] if y0 == 51 else 0.65 * lm[y0] + 0.35 * lm[y1]
-            half = 0.3 * float(np.linalg.norm(lm[54] - lm[48]))
-            bend = 0.006 * s if y0 == 57 else -0.006 * s
-            pts = np.array([c + [-half, bend], c, c + [half, bend]])
-            _furrow(img, catmull_rom(pts, steps=3), skin, 0.7 * wp, th)
 
 
 def face_mask_polygon(geo: FaceGeometry, style: str) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -474,8 +369,8 @@ def draw_head(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[
     brow_col = _mixc(hair, (28, 22, 20), 0.45)
     draw.fill(img, _brow_polygon(geo, BROW_R, identity.brow_thickness, inner_last=True), brow_col)
     draw.fill(img, _brow_polygon(geo, BROW_L, identity.brow_thickness, inner_last=False), brow_col)
-    _eye(img, geo, EYE_R, identity, gaze, aus)
-    _eye(img, geo, EYE_L, identity, gaze, aus)
-    _nose(img, geo, identity, light, aus)
-    _mouth(img, geo, identity, aus)
+    _eye(img, geo, EYE_R, identity, gaze)
+    _eye(img, geo, EYE_L, identity, gaze)
+    _nose(img, geo, identity, light)
+    _mouth(img, geo, identity)
 
