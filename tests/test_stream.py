@@ -84,7 +84,8 @@ def test_streamed_items_equal_the_in_memory_ones(affectnet_root, tmp_path):
     ds = _train(affectnet_root)
     mem = cache_dataset(ds, keys=KEYS, progress=False)
     st = cache_dataset(ds, keys=KEYS, progress=False, cache_dir=tmp_path, memory_budget=0)
-    assert type(mem) is CachedDataset and isinstance(st, StreamedDataset) and len(st) == len(mem) == 21  # 24 listed, contempt left out
+    assert type(mem) is CachedDataset and isinstance(st, StreamedDataset)
+    assert len(st) == len(mem) == 21  # 24 listed, contempt left out
     assert st.fingerprint() == mem.fingerprint()  # same run cache keys
     for i in (*range(len(mem)), -1):
         _equal_items(mem[i], st[i])
