@@ -299,10 +299,9 @@ def references(child_script, tmp_path_factory) -> dict[str, Path]:
 
 # (kill at these training batches of successive processes, optimiser, epochs on disk after each kill)
 KILLS = {
-    "mid-epoch": ([8], "sgd", [2]),  # 2nd batch of epoch 3: the epoch-2 checkpoint is on disk
     "stage-boundary": ([4], "sgd", [1]),  # 1st batch of stage 2: only stage "head" is done
-    "adam-iterations": ([8], "adam", [2]),  # Adam moments and an iteration-counted lr step
-    "two-kills": ([5, 5], "sgd", [1, 2]),  # epoch 2 then (after resuming at 1) epoch 3
+    "adam-iterations": ([8], "adam", [2]),  # mid-epoch 3: Adam moments and an iteration-counted lr step
+    "two-kills": ([5, 5], "sgd", [1, 2]),  # mid-epoch 2, then (after resuming at 1) mid-epoch 3
 }
 
 
