@@ -15,9 +15,9 @@ What happens, in order:
 
 1. ``_toc.yml`` under the book root lists the pages in reading order. Notebooks
    (``.ipynb``) are executed; every other page (``.md``) is copied as it is.
-2. Each notebook gets its parameters: ``{"profile": <profile>}``, then the entry for
-   that notebook and profile in ``book/profiles.yml`` (none for ``smoke``: the
-   notebook's own defaults *are* the smoke profile), then ``{"data_root": ...}`` when
+2. Each notebook gets its parameters: ``{"profile": <profile>}``, then the page entry
+   for that notebook and profile in ``book/profiles.yml`` (its own knobs; none for
+   ``smoke``: the notebook's own defaults *are* the smoke profile), then ``{"data_root": ...}`` when
    ``--data-root`` is given. Every notebook needs one cell tagged ``parameters`` that
    defines ``profile`` and ``data_root`` and every other key injected into it.
    Notebooks whose ``parameters`` cell also defines ``device`` get ``{"device": ...}``
@@ -31,12 +31,15 @@ What happens, in order:
 4. Each notebook runs with papermill into ``_build/src/<same path>``. The kernel's
    working directory is the *staged* notebook's folder; notebooks find the repository
    through ``fer.REPO_ROOT``, never through relative paths. The kernel sees
-   ``FER_PROFILE=<profile>``, ``FER_DEVICE=<--device>``, ``PYTHONHASHSEED=0``,
-   ``TQDM_DISABLE=1`` (progress bars would end up in the pages) and the headless
+   ``FER_PROFILE=<profile>``, ``FER_DEVICE=<--device>``, ``FER_BOOK_ROOT=<root>``, ``PYTHONHASHSEED=0``,
+   ``TQDM_DISABLE=1`` (progress bars would end up in the pages), ``FER_RUNS_QUIET=1``
+   (run logs stay out of the pages: :func:`fer.runs.run` logs them) and the headless
    matplotlib inline backend (``MPLBACKEND=module://matplotlib_inline.backend_inline``;
    plain ``Agg`` would drop every figure from the pages).
 5. Executions are cached under ``_build/cache/<profile>/``. The key hashes the notebook
-   bytes, the injected parameters, the profile, every ``*.py`` file of the ``fer``
+   bytes, the injected parameters, the chapter entry of ``book/profiles.yml`` that a
+   chapter page reads through ``Setup.for_profile`` (:mod:`fer.profiles`), the profile,
+   every ``*.py`` file of the ``fer``
    package and the python and torch versions; a hit copies the cached notebook
    instead of running it. ``--force`` ignores the cache. ``FER_DEVICE`` is not part
    of the key; the ``device`` parameter is, where a notebook defines it.
@@ -69,7 +72,7 @@ refuses a staged book holding a notebook whose stamp disagrees with the run repo
 (another profile, another key, or no stamp: :func:`stale_pages`), and warns about the
 marked ``failed`` / ``not-run`` pages, which render as such.
 
-Pages state what produced their numbers with :func:`banner`.
+Pages state what produced their numbers with :func:`fer.pages.banner`.
 
 Notebooks left out by ``--only`` are staged from a valid cache entry when there is
 one, otherwise unexecuted and marked ``not-run``; the report marks them ``"skipped"``.
@@ -97,6 +100,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ._hashing import package_fingerprint
+from .profiles import (PROFILES, PROFILES_FILE, ROOT_ENV, ProfileError, chapter_entries, chapter_of, find_root,
+                       page_entries, resolve_device)
 
 import yaml
 
@@ -126,25 +131,24 @@ __all__ = [
     "stale_pages",
     "prune_stale_html",
     "NOT_RUN_TAG",
-    "banner",
     "resolve_device",
     "main",
 ]
 
-#: Profiles a notebook can be run with; ``smoke`` is every notebook's default.
-PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
 #: Names every notebook's ``parameters`` cell must define.
 REQUIRED_PARAMETERS: tuple[str, ...] = ("profile", "data_root")
 #: Bump when the meaning of a cache entry changes.
-_CACHE_VERSION = "2"  # 2: executed notebooks carry the ``fer_book`` stamp
+_CACHE_VERSION = "3"  # 2: executed notebooks carry the ``fer_book`` stamp; 3: injected cell hidden
 _PAGE_SUFFIXES: tuple[str, ...] = (".ipynb", ".md", ".rst")
-_PROFILES_FILE = Path("book") / "profiles.yml"
+_PROFILES_FILE = PROFILES_FILE
 _KERNEL_ENV: dict[str, str] = {
     "MPLBACKEND": "module://matplotlib_inline.backend_inline",
     "PYTHONHASHSEED": "0",
     # tqdm bars would land in the pages as dozens of text lines; papermill shows
     # per-cell progress in the terminal instead.
     "TQDM_DISABLE": "1",
+    # fer.runs logs "training: / finished: / cache hit:" instead of printing it on the page.
+    "FER_RUNS_QUIET": "1",
     # Use this environment's ``python3`` kernel even if the user has their own.
     "JUPYTER_PREFER_ENV_PATH": "1",
 }
@@ -163,7 +167,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _FATAL_WARNINGS = re.compile(
     r"toctree|\[etoc\]|nonexisting document|didn't match any documents"
     r"|could not find bibtex key|citation not found|undefined label|unknown document"
-    r"|reference target not found|image file not readable"
+    r"|reference target not found|image file not readable|include file .* not found"
 )
 
 
@@ -236,22 +240,6 @@ class NotebookResult:
 # --------------------------------------------------------------------------- sources
 
 
-def find_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """Return the book root: ``root`` if given, else the cwd or the ``fer`` checkout.
-
-    The root is the folder that holds ``_toc.yml``.
-    """
-    if root is not None:
-        candidates = [Path(root)]
-    else:
-        candidates = [Path.cwd(), Path(__file__).resolve().parent.parent]
-    for cand in candidates:
-        if (cand / "_toc.yml").is_file():
-            return cand.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise BookError(f"no _toc.yml in {tried}: run from the repository root or pass --root DIR")
-
-
 def toc_entries(node: Any) -> Iterator[tuple[str, str]]:
     """Yield ``("file"|"glob", value)`` for every entry of a parsed ``_toc.yml``."""
     if isinstance(node, dict):
@@ -313,45 +301,8 @@ def read_toc(root: Path) -> list[Path]:
 
 
 def load_profiles(root: Path, profile: str) -> dict[str, dict[str, Any]]:
-    """Per-notebook injected parameters for ``profile`` from ``book/profiles.yml``.
-
-    Returns ``{notebook path: {name: value}}``. The file is optional for ``smoke``,
-    whose parameters are the notebooks' own defaults. Top-level keys starting with
-    ``x-`` hold values shared through YAML anchors and are skipped.
-    """
-    if profile not in PROFILES:
-        raise BookError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
-    path = root / _PROFILES_FILE
-    if not path.is_file():
-        if profile == "smoke":
-            return {}
-        raise BookError(f"{path} is missing: it holds the {profile!r} parameters of every notebook")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise BookError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BookError(f"{path} must map notebook paths to {{profile: {{name: value}}}}")
-    out: dict[str, dict[str, Any]] = {}
-    for nb, per_profile in data.items():
-        if str(nb).startswith("x-"):
-            continue  # shared values for YAML anchors (``x-name: &name {...}``), not a notebook
-        if not isinstance(per_profile, dict):
-            raise BookError(f"{path}: entry {nb!r} must map profile names to parameter dicts")
-        unknown = sorted(set(per_profile) - set(PROFILES[1:]))
-        if unknown:
-            raise BookError(
-                f"{path}: entry {nb!r} has profile(s) {unknown}; only "
-                f"{list(PROFILES[1:])} belong there (smoke is the notebook's own defaults)"
-            )
-        params = per_profile.get(profile)
-        if params is None and profile in per_profile:
-            params = {}
-        if params is not None and not isinstance(params, dict):
-            raise BookError(f"{path}: {nb!r} -> {profile!r} must be a mapping of parameters")
-        if params is not None:
-            out[str(nb)] = dict(params)
-    return out
+    """Per-notebook injected parameters for ``profile`` (:func:`fer.profiles.page_entries`)."""
+    return page_entries(root, profile)
 
 
 def _parameters_cell(nb: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -523,7 +474,8 @@ def _sync_file(src: Path, dest: Path) -> None:
 
 
 def stage_sources(paths: BookPaths, pages: Sequence[Path]) -> None:
-    """Copy config, toc, non-notebook book files and non-notebook pages into ``src``.
+    """Copy config, toc, non-notebook book files, non-notebook pages and the ``fer``
+    package's ``*.py`` (for the pages' ``literalinclude`` of ``/fer/...``) into ``src``.
 
     Files in ``src`` that no longer belong to the book are removed; notebooks are
     left for :func:`run_notebooks` to write.
@@ -538,6 +490,9 @@ def stage_sources(paths: BookPaths, pages: Sequence[Path]) -> None:
             skip = {".ipynb_checkpoints", "__pycache__"} & set(rel.parts)
             if path.is_file() and path.suffix != ".ipynb" and not skip:
                 wanted.add(rel)
+    package = root / "fer"
+    if package.is_dir():  # pages show the package's code with ``literalinclude`` (``/fer/...``)
+        wanted.update(p.relative_to(root) for p in package.rglob("*.py") if "__pycache__" not in p.parts)
     if not (root / "_config.yml").is_file():
         raise BookError(f"{root / '_config.yml'} is missing: jupyter-book needs it")
     notebooks = {p for p in pages if p.suffix == ".ipynb"}
@@ -556,9 +511,11 @@ def stage_sources(paths: BookPaths, pages: Sequence[Path]) -> None:
 
 
 @contextlib.contextmanager
-def _kernel_environment(profile: str, device: str = "auto") -> Iterator[None]:
+def _kernel_environment(profile: str, device: str = "auto", root: Path | None = None) -> Iterator[None]:
     """Set the environment the kernels inherit; restore it afterwards."""
     updates = dict(_KERNEL_ENV, FER_PROFILE=profile, FER_DEVICE=device)
+    if root is not None:
+        updates[ROOT_ENV] = str(root)  # where ``Setup.for_profile`` reads book/profiles.yml
     saved = {name: os.environ.get(name) for name in updates}
     os.environ.update(updates)
     try:
@@ -620,6 +577,7 @@ def _plan(
 ) -> list[_Job]:
     """Check every notebook's parameters and compute its cache key, before running any."""
     profiles = load_profiles(paths.root, profile)
+    chapters = chapter_entries(paths.root, profile)
     pkg_fp, env_fp = package_fingerprint(package_dir), environment_fingerprint()
     jobs = []
     for rel in notebooks:
@@ -628,7 +586,10 @@ def _plan(
             rel.as_posix(), parameter_names(path), profile, profiles, data_root,
             device=device or "auto", override_device=device is not None,
         )
-        key = cache_key(path.read_bytes(), params, profile, pkg_fp, env_fp)
+        # The page reads its chapter's entry itself (``Setup.for_profile``): key on it too.
+        chapter = chapter_of(rel)
+        keyed = {**params, "chapter setup": chapters.get(chapter)} if chapter in chapters else params
+        key = cache_key(path.read_bytes(), keyed, profile, pkg_fp, env_fp)
         jobs.append(_Job(rel, params, key, _matches(rel, only)))
     if only is not None and not any(job.selected for job in jobs):
         listed = "\n  ".join(r.as_posix() for r in notebooks) or "(none)"
@@ -701,6 +662,10 @@ def _write_stamp(path: Path, stamp: Mapping[str, Any]) -> None:
 
     nb = nbformat.read(path, as_version=4)
     nb.metadata[_STAMP] = dict(stamp)
+    for cell in nb.cells:  # the values papermill injected: on the page, collapsed like the defaults
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "hide-cell" not in tags:
+            tags.append("hide-cell")
     _write_notebook(nb, path)
 
 
@@ -940,7 +905,7 @@ def run_notebooks(
             raise
 
     bar = tqdm(total=len(plan), desc=f"notebooks ({profile})", unit="nb")
-    env = _kernel_environment(profile, device or "auto")
+    env = _kernel_environment(profile, device or "auto", paths.root)
     with env, concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = {pool.submit(work, job): job for job in plan}
         for future in concurrent.futures.as_completed(futures):
@@ -1052,57 +1017,6 @@ def build_html(paths: BookPaths, *, strict: bool = False) -> list[str]:
 # --------------------------------------------------------------------------- pages
 
 
-def resolve_device(device: str | None = None) -> str:
-    """The torch device a notebook should use for ``device`` (its parameter).
-
-    ``None`` reads ``FER_DEVICE`` (set by the runner; ``auto`` when unset); ``auto``
-    becomes ``cuda`` when torch sees a GPU, else ``cpu``; anything else is returned.
-    """
-    device = device or os.environ.get("FER_DEVICE") or "auto"
-    if device != "auto":
-        return device
-    import torch  # deferred: slow to import
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def banner(
-    profile: str,
-    data: str,
-    scale: str,
-    run_ids: Sequence[str] | str = (),
-    **extra: Any,
-) -> Any:
-    """A note for the top of a page: which profile, data and scale made its numbers.
-
-    ``run_ids`` are the runs (``fer.runs`` ids) behind the page's numbers; ``extra``
-    adds fields (``device="cuda"`` shows as *Device*). Returns an
-    :class:`IPython.display.HTML` admonition (it renders the same in Jupyter and in the
-    built book); display it, or leave it as a cell's last expression. Nothing is glued.
-    """
-    from html import escape
-
-    from IPython.display import HTML
-
-    if isinstance(run_ids, str):
-        run_ids = (run_ids,)
-    runs = ", ".join(f"<code>{escape(str(r))}</code>" for r in run_ids) or "none"
-    fields = [("Profile", f"<code>{escape(str(profile))}</code>"),
-              ("Data", escape(str(data))), ("Scale", escape(str(scale)))]
-    fields += [(escape(k.replace("_", " ").capitalize()), escape(str(v))) for k, v in extra.items()]
-    fields.append(("Runs", runs))
-    items = "\n".join(f"<li><strong>{k}:</strong> {v}</li>" for k, v in fields)
-    note = ""
-    if "synfer" in str(data).lower():
-        note = ("\n<p>SynFER numbers are measured on synthetic stand-ins: they are not a "
-                "reproduction of any paper's table.</p>")
-    return HTML(
-        '<div class="admonition note fer-banner">\n'
-        '<p class="admonition-title">How this page\'s numbers were made</p>\n'
-        f"<ul>\n{items}\n</ul>{note}\n</div>"
-    )
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -1168,7 +1082,7 @@ def _build_command(argv: Sequence[str]) -> int:
             report = json.loads(paths.report.read_text(encoding="utf-8"))
             report.update(build_seconds=round(seconds, 2), html=str(paths.html / "index.html"))
             paths.report.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    except BookError as exc:
+    except (BookError, ProfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"book built in {seconds:.1f} s with {len(warnings)} warning(s): "
@@ -1239,7 +1153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if paths is not None:
             _report_withdrawn(prune_stale_html(paths, args.profile), paths)
         return 1
-    except BookError as exc:
+    except (BookError, ProfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 from torch import nn
@@ -72,6 +72,7 @@ __all__ = [
     "runs_root",
     "run_key",
     "source_hash",
+    "protocols_of",
     "PRESENTATION_MODULES",
     "data_fingerprint",
     "spec_of",
@@ -108,16 +109,39 @@ def runs_root(root: str | os.PathLike | None = None) -> Path:
 #: publishes results. Editing them must not retrain anything, so a run's identity leaves
 #: them out (the book's page cache still covers them: a page re-renders, its runs load).
 PRESENTATION_MODULES: tuple[str, ...] = (
-    "plots.py", "explain.py", "book.py", "predict.py", "_launch.py", "_progress.py",
+    "plots.py", "explain.py", "book.py", "pages.py", "profiles.py", "predict.py", "_launch.py", "_progress.py",
     "experiments/claims.py", "experiments/realism.py",
 )
 
 
-def source_hash(package_dir: str | os.PathLike = PACKAGE_DIR) -> str:
+def source_hash(package_dir: str | os.PathLike = PACKAGE_DIR, *, protocols: Collection[str] | None = None) -> str:
     """sha256 over the relative path and bytes of every ``*.py`` of the ``fer`` package that
     training executes: models, layers, losses, data, train, runs and the chapters' protocols,
-    i.e. all but :data:`PRESENTATION_MODULES`."""
-    return package_fingerprint(package_dir, exclude=PRESENTATION_MODULES)
+    i.e. all but :data:`PRESENTATION_MODULES`.
+
+    ``protocols`` narrows the chapter protocols to the named modules of ``experiments/``
+    (e.g. ``{"cbam_vgg"}``); ``experiments/_common.py`` always counts. ``None`` keeps them all.
+    """
+    exclude = set(PRESENTATION_MODULES)
+    if protocols is not None:
+        chapters = Path(package_dir) / "experiments"
+        exclude |= {f"experiments/{p.name}" for p in chapters.glob("*.py")
+                    if not p.name.startswith("_") and p.stem not in protocols}
+    return package_fingerprint(package_dir, exclude=exclude)
+
+
+_PROTOCOL = re.compile(r"\bfer\.experiments\.([A-Za-z0-9_]+)\.")
+
+
+def protocols_of(spec: Any) -> set[str]:
+    """The chapter modules (``fer.experiments.<name>``) whose code a run spec names: its
+    ``build_model``, losses, ``forward_fn`` or ``output_to_logits`` (:func:`spec_of` form).
+
+    Training executes a chapter's code only through those callables; the rest of what a
+    chapter decides (config, data) is hashed as values. So a run is keyed by the chapters
+    it calls into, and an edit to another chapter's module does not retrain it.
+    """
+    return set(_PROTOCOL.findall(_canonical(spec)))
 
 
 def data_fingerprint(ds: Any) -> str:
@@ -355,8 +379,12 @@ class RunResult:
 
 
 def _say(msg: str, verbose: bool) -> None:
-    """Print ``msg`` (through tqdm, so bars stay intact) or, when not verbose, log it."""
-    if verbose:
+    """Print ``msg`` (through tqdm, so bars stay intact) or, when not verbose, log it.
+
+    ``FER_RUNS_QUIET=1`` (the book runner sets it for its kernels) logs instead of printing:
+    the pages' banners list the runs, and run logs do not belong on a page.
+    """
+    if verbose and os.environ.get("FER_RUNS_QUIET") != "1":
         from tqdm.auto import tqdm
 
         tqdm.write(msg)
@@ -423,7 +451,8 @@ def run(name: str, config: TrainConfig, build_model: Callable[[], nn.Module], tr
     full_spec = {"build_model": spec_of(build_model), "spec": spec_of(spec), "loss_fn": spec_of(loss_fn),
                  "losses": spec_of(dict(losses or {})), "output_to_logits": spec_of(output_to_logits),
                  "forward_fn": spec_of(forward_fn)}
-    digest, record = run_key(name, config, data=_fingerprints(datasets, data_fingerprint), spec=full_spec)
+    digest, record = run_key(name, config, data=_fingerprints(datasets, data_fingerprint), spec=full_spec,
+                             source=source_hash(protocols=protocols_of(full_spec)))
     path = runs_root(root) / f"{name}-{digest}"
     state = PartialState(cpu=use_cpu(config))
     main = state.is_main_process

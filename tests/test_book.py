@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from fer import REPO_ROOT
-from fer import book
+from fer import book, pages
 
 CONFIG = {
     "title": "Tiny book",
@@ -441,14 +441,14 @@ def test_build_needs_a_staged_book(tiny_book: Path, capsys: pytest.CaptureFixtur
 
 
 def test_banner_states_profile_data_scale_and_runs() -> None:
-    shown = book.banner("demo", "SynFER stand-ins", "64 px, width 1/4, 8 epochs",
+    shown = pages.banner("demo", "SynFER stand-ins", "64 px, width 1/4, 8 epochs",
                         run_ids=("cbam-3f2a", "cbam-9b1c"), device="cpu")
     html = shown.data
     for text in ("demo", "SynFER stand-ins", "64 px, width 1/4, 8 epochs", "cbam-3f2a",
                  "cbam-9b1c", "Device", "cpu", "admonition", "not a reproduction"):
         assert text in html
-    assert "not a reproduction" not in book.banner("paper", "RAF-DB <x>", "paper").data
-    assert "RAF-DB &lt;x&gt;" in book.banner("paper", "RAF-DB <x>", "paper", "run-1").data
+    assert "not a reproduction" not in pages.banner("paper", "RAF-DB <x>", "paper").data
+    assert "RAF-DB &lt;x&gt;" in pages.banner("paper", "RAF-DB <x>", "paper", "run-1").data
 
 
 def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:

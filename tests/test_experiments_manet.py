@@ -25,7 +25,7 @@ def test_paper_numbers():
 
 
 def test_paper_profile_config_values():
-    paper = M.Setup.paper(data_root="/data")
+    paper = M.Setup.for_profile("paper", data_root="/data")
     assert (paper.input_size, paper.width, paper.batch_size, paper.lr) == (224, 1.0, 42, 1e-3)
     assert paper.folds == tuple(range(10)) and paper.n_train is None and not paper.synthetic
     cfg = M.train_config(paper, model="manet", n_train=12271, dataset="raf")
@@ -52,9 +52,9 @@ def test_setup_validation():
         M.Setup(folds=(10,))
     s = M.Setup.from_params(profile="demo", seeds=[1, 2], folds=[0, 3], n_show=4)
     assert s.seeds == (1, 2) and s.seed0 == 1 and s.folds == (0, 3)
-    assert not M.Setup().batch_norm and not M.Setup.paper().batch_norm
+    assert not M.Setup().batch_norm and not M.Setup.for_profile("paper").batch_norm
     with pytest.raises(ValueError, match="batch_norm"):
-        M.Setup.paper(batch_norm=True)  # VGG-Face has no batch norm
+        M.Setup.for_profile("paper", batch_norm=True)  # VGG-Face has no batch norm
 
 
 def test_build_model_batch_norm():
@@ -66,9 +66,9 @@ def test_build_model_batch_norm():
 
 def test_paper_profile_without_data_names_what_is_missing():
     with pytest.raises(FileNotFoundError, match=r"rafdb.*DATA_ROOT"):
-        M.load_raf(M.Setup.paper())
+        M.load_raf(M.Setup.for_profile("paper"))
     with pytest.raises(FileNotFoundError, match=r"ckplus.*DATA_ROOT"):
-        M.load_ck(M.Setup.paper())
+        M.load_ck(M.Setup.for_profile("paper"))
 
 
 def test_person_independent_folds():

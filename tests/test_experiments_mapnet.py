@@ -30,7 +30,7 @@ def test_paper_numbers_are_the_papers():
 
 
 def test_paper_profile_setup_and_config():
-    from fer.book import find_root, load_profiles
+    from fer.profiles import chapter_entry
 
     p = E.PAPER_PROTOCOL
     # Section 3.1's values (and our 12 epochs), each stated by book/profiles.yml itself: a value the
@@ -39,17 +39,14 @@ def test_paper_profile_setup_and_config():
                                 "blocks")}
     stated.update(image_size=p["input_size"], backbone="resnet50", width=1.0, last_stride=2, stem="resnet",
                   pretrained=True, epochs=12)
-    entries = load_profiles(find_root(), "paper")
-    pages = sorted(nb for nb in entries if nb.startswith("book/mapnet/"))
-    assert E.SETUP_NOTEBOOK in pages, f"book/profiles.yml has no paper entry for {E.SETUP_NOTEBOOK}"
-    for nb in pages:  # every page builds the same Setup, so they share one run cache
-        entry = entries[nb]
-        assert not set(stated) - set(entry), f"{nb}'s paper entry leaves out {sorted(set(stated) - set(entry))}"
-        assert {k: entry[k] for k in stated} == stated, nb
+    entry = chapter_entry("mapnet", "paper")
+    assert entry is not None, "book/profiles.yml has no paper entry for the mapnet chapter"
+    assert not set(stated) - set(entry), f"the paper entry leaves out {sorted(set(stated) - set(entry))}"
+    assert {k: entry[k] for k in stated} == stated
     setups = E.profile_setups()
     assert set(setups) == {"smoke", "demo", "paper"}
     paper = setups["paper"]
-    assert paper == E.Setup.from_params(profile="paper", **entries[E.SETUP_NOTEBOOK])
+    assert paper == E.Setup.from_params(profile="paper", **entry)
     assert paper.profile == "paper" and {k: getattr(paper, k) for k in stated} == stated
     cfg = E.train_config(paper)
     assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay) == ("sgd", p["lr"], p["momentum"], p["weight_decay"])

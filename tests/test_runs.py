@@ -18,7 +18,7 @@ from torch.utils.data import Subset
 import fer
 import fer.runs as runs_mod
 from fer.data import SynFER
-from fer.runs import Run, data_fingerprint, find_runs, run, run_key, runs_root, source_hash
+from fer.runs import Run, data_fingerprint, find_runs, protocols_of, run, run_key, runs_root, source_hash
 from fer.train import Stage, TrainConfig, cache_dataset, load_checkpoint
 
 
@@ -81,6 +81,18 @@ def test_source_hash_covers_the_code_training_runs_and_nothing_else(tmp_path):
         before = source_hash(pkg)
         (pkg / name).write_text((pkg / name).read_text() + "# changed\n")
         assert source_hash(pkg) != before, name
+    # a run is keyed by the chapter protocols its callables name, and by _common.py
+    (pkg / "experiments" / "other.py").write_text("v = 1\n")
+    (pkg / "experiments" / "_common.py").write_text("u = 1\n")
+    mine = source_hash(pkg, protocols={"chapter"})
+    (pkg / "experiments" / "other.py").write_text("v = 2\n")
+    assert source_hash(pkg, protocols={"chapter"}) == mine
+    for name in ("experiments/chapter.py", "experiments/_common.py"):
+        before = source_hash(pkg, protocols={"chapter"})
+        (pkg / name).write_text((pkg / name).read_text() + "# changed\n")
+        assert source_hash(pkg, protocols={"chapter"}) != before, name
+    assert protocols_of({"build_model": "fer.experiments.chapter.build_model", "loss": "fer.losses.X"}) == {"chapter"}
+    assert protocols_of({"build_model": {"partial": "fer.models._registry.create_model"}}) == set()
     assert len(source_hash()) == 64  # the real package
     assert {"plots.py", "explain.py", "book.py"} <= set(runs_mod.PRESENTATION_MODULES)
     assert not {"train.py", "runs.py", "losses.py"} & set(runs_mod.PRESENTATION_MODULES)
@@ -124,7 +136,7 @@ def test_run_writes_a_complete_folder_then_hits_the_cache(tmp_path, data, capsys
     assert first.path.name.startswith("tiny-") and len(first.path.name) == len("tiny-") + 12
     record = json.loads((first.path / "config.json").read_text())
     assert record["data"] == {"train": train.fingerprint(), "val": val.fingerprint(), "test": val.fingerprint()}
-    assert record["hash"] == first.path.name[-12:] and record["source"] == source_hash()
+    assert record["hash"] == first.path.name[-12:] and record["source"] == source_hash(protocols=set())
     assert len(first.history) == 2 and set(first.metrics) >= {"val", "test", "epochs", "timing"}
     assert first.metrics["val"] == {k: v for k, v in first.metrics["test"].items()}
     preds = first.run.predictions()
@@ -189,7 +201,7 @@ CHILD = textwrap.dedent('''
     from fer.train import Stage, TrainConfig, cache_dataset
 
     torch.set_num_threads(1)
-    fer.runs.source_hash = lambda *a: "pinned"  # other edits to fer/ while the test runs must not split the runs
+    fer.runs.source_hash = lambda *a, **k: "pinned"  # other edits to fer/ while the test runs must not split the runs
     PAUSE_AT = int(os.environ.get("PAUSE_AT", "0"))
     MARKER = os.environ.get("MARKER", "")
     calls = 0

@@ -1,20 +1,21 @@
 """What every chapter's protocol module shares: the profile plumbing of its ``Setup``.
 
-A chapter's ``Setup`` is a dataclass built from a notebook's parameters; it inherits
-:class:`ProfileSetup` for :meth:`~ProfileSetup.from_params` and
-:meth:`~ProfileSetup.resolved_device`, and the chapter's ``profile_setups()`` is
-:func:`profile_setups` with the notebook whose ``book/profiles.yml`` entry defines it.
+A chapter's ``Setup`` is a dataclass whose defaults are the ``smoke`` profile; it inherits
+:class:`ProfileSetup` for :meth:`~ProfileSetup.for_profile` (the chapter's entry in
+``book/profiles.yml`` over those defaults) and :meth:`~ProfileSetup.resolved_device`, and
+the chapter's ``profile_setups()`` is :func:`profile_setups` over every profile.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 
 from ..explain import localisation_scores
+from ..profiles import PROFILES_FILE, ProfileError, chapter_entry, resolve_device
 from ..train import CachedDataset, InputTransform, TrainConfig
 
 __all__ = ["ProfileSetup", "profile_setups", "random_subset", "stratified_indices", "model_input",
@@ -24,8 +25,11 @@ S = TypeVar("S", bound="ProfileSetup")
 
 
 class ProfileSetup:
-    """Mixin for a chapter's ``Setup`` dataclass (it needs a ``device`` field)."""
+    """Mixin for a chapter's ``Setup`` dataclass (it needs ``profile``, ``data_root`` and
+    ``device`` fields, and names its chapter in ``chapter``)."""
 
+    #: The chapter key: its ``book/profiles.yml`` entry and its ``book/<chapter>/`` folder.
+    chapter: ClassVar[str]
     device: str
 
     @classmethod
@@ -34,24 +38,44 @@ class ProfileSetup:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items() if k in names})
 
-    def resolved_device(self) -> str:
-        """``device`` with ``"auto"`` resolved (:func:`fer.book.resolve_device`)."""
-        from ..book import resolve_device
+    @classmethod
+    def for_profile(cls: type[S], profile: str = "smoke", *, data_root: str | None = None, device: str = "auto",
+                    root: str | Path | None = None, **changes: Any) -> S:
+        """The chapter's setup for ``profile``: the one call a page makes.
 
+        ``smoke`` is the dataclass defaults; ``demo`` and ``paper`` are the chapter's entry
+        in ``book/profiles.yml`` (:func:`fer.profiles.chapter_entry`) over those defaults.
+        ``data_root``, ``device`` and ``changes`` (field values) go on top.
+        """
+        params: dict[str, Any] = {}
+        if profile != "smoke":
+            entry = chapter_entry(cls.chapter, profile, root)
+            if entry is None:
+                raise ProfileError(
+                    f"{PROFILES_FILE.as_posix()} has no {profile!r} entry for the chapter {cls.chapter!r}: add "
+                    f"'{cls.chapter}: {{{profile}: {{...}}}}' with the {profile} values of its Setup fields")
+            names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+            unknown = sorted(set(entry) - names)
+            if unknown:
+                raise ProfileError(
+                    f"{PROFILES_FILE.as_posix()}: the {profile!r} entry of {cls.chapter!r} sets {', '.join(unknown)}, "
+                    f"which {cls.__module__}.{cls.__qualname__} has no field for: fix the key, or put a page's own "
+                    "knob in that page's entry")
+            params.update(entry)
+        params.update(changes)
+        return cls.from_params(**{**params, "profile": profile, "data_root": data_root, "device": device})
+
+    def resolved_device(self) -> str:
+        """``device`` with ``"auto"`` resolved (:func:`fer.profiles.resolve_device`)."""
         return resolve_device(None if self.device == "auto" else self.device)
 
 
-def profile_setups(setup_cls: type[S], notebook: str, root: str | Path | None = None) -> dict[str, S]:
-    """Every profile's setup: ``smoke`` = the defaults, ``demo``/``paper`` from ``notebook``'s
-    entry in ``book/profiles.yml`` (a profile without an entry is left out)."""
-    from ..book import find_root, load_profiles
-
-    book_root = find_root(root)
+def profile_setups(setup_cls: type[S], root: str | Path | None = None) -> dict[str, S]:
+    """Every profile's setup of a chapter (a profile without a chapter entry is left out)."""
     out = {"smoke": setup_cls()}
     for prof in ("demo", "paper"):
-        params = load_profiles(book_root, prof).get(notebook)
-        if params is not None:
-            out[prof] = setup_cls.from_params(profile=prof, **params)
+        if chapter_entry(setup_cls.chapter, prof, root) is not None:
+            out[prof] = setup_cls.for_profile(prof, root=root)
     return out
 
 

@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -167,6 +167,8 @@ class Setup(ProfileSetup):
         device: ``auto``, ``cpu``, ``cuda``.
     """
 
+    chapter: ClassVar[str] = "cbam_vgg"
+
     profile: str = "smoke"
     data_root: str | None = None
     n_train: int | None = 96
@@ -218,13 +220,9 @@ class Setup(ProfileSetup):
                 f"epochs {stages} (head + {self.unfreeze} unfreezing stages), batch {self.batch_size}")
 
 
-#: The notebook whose ``book/profiles.yml`` entry defines each profile's :class:`Setup`.
-SETUP_NOTEBOOK = "book/cbam_vgg/experiment1.ipynb"
-
-
 def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
     """Every profile's :class:`Setup`: ``smoke`` = the defaults, ``demo``/``paper`` from ``book/profiles.yml``."""
-    return _profile_setups(Setup, SETUP_NOTEBOOK, root)
+    return _profile_setups(Setup, root)
 
 
 # =========================================================================== data

@@ -7,7 +7,7 @@ Expression Recognition*, IEEE Access 8, 2020. The models are in
 * the paper's reported numbers as data: :data:`TABLE3` (RAF-DB), :data:`TABLE4` and
   :data:`TABLE6` (confusion matrices), :data:`TABLE5` (CK+), :data:`PAPER_TRAINING`;
 * :class:`Setup`, built from a notebook's parameters (:meth:`Setup.from_params`);
-  :meth:`Setup.paper` is the paper's protocol;
+  :meth:`Setup.for_profile` ``("paper")`` is the paper's protocol;
 * :func:`load_raf` / :func:`load_ck`: RAF-DB and CK+ from ``data_root`` in the
   ``paper`` profile, SynFER's ``wild`` and ``ck`` stand-ins otherwise, cached as uint8
   with the ground-truth region masks of equation (4) (``masks``) and, for SynFER,
@@ -60,7 +60,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -228,6 +228,8 @@ class Setup(ProfileSetup):
         device: ``auto``, ``cpu``, ``cuda``.
     """
 
+    chapter: ClassVar[str] = "manet"
+
     profile: str = "smoke"
     data_root: str | None = None
     n_train: int | None = 96
@@ -273,17 +275,6 @@ class Setup(ProfileSetup):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         mask_side(self.input_size)
 
-    @classmethod
-    def paper(cls, data_root: str | None = None, **changes: Any) -> Setup:
-        """The paper's protocol (section IV.B): 224 px, VGG16, SGD, batch 42, all data, 10 folds."""
-        kw = dict(profile="paper", data_root=data_root, n_train=None, n_test=None, n_ck=None, input_size=224,
-                  width=1.0, batch_size=PAPER_TRAINING["batch_size"], lr=PAPER_TRAINING["lr"],
-                  gamma=PAPER_TRAINING["gamma"], raf_iterations=PAPER_TRAINING["raf_iterations"],
-                  raf_step=PAPER_TRAINING["raf_step"], ck_iterations=PAPER_TRAINING["ck_iterations"],
-                  ck_step=PAPER_TRAINING["ck_step"], seeds=(0,), folds=tuple(range(10)), batch_norm=False)
-        kw.update(changes)
-        return cls(**kw)
-
     @property
     def synthetic(self) -> bool:
         return self.profile != "paper"
@@ -310,13 +301,9 @@ class Setup(ProfileSetup):
                 f"{self.raf_iterations} / {self.ck_iterations} iterations per stage, batch {self.batch_size}")
 
 
-#: The notebook whose ``book/profiles.yml`` entry defines each profile's :class:`Setup`.
-SETUP_NOTEBOOK = "book/manet/raf.ipynb"
-
-
 def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
     """Every profile's :class:`Setup`: ``smoke`` = the defaults, ``demo``/``paper`` from ``book/profiles.yml``."""
-    return _profile_setups(Setup, SETUP_NOTEBOOK, root)
+    return _profile_setups(Setup, root)
 
 
 # =========================================================================== data

@@ -69,7 +69,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -101,7 +101,6 @@ __all__ = [
     "ROWS",
     "Setup",
     "ChapterData",
-    "SETUP_NOTEBOOK",
     "profile_setups",
     "with_face_masks",
     "load_data",
@@ -222,6 +221,8 @@ class Setup(ProfileSetup):
         device: ``auto``, ``cpu``, ``cuda``.
     """
 
+    chapter: ClassVar[str] = "mapnet"
+
     profile: str = "smoke"
     data_root: str | None = None
     n_train: int | None = 96
@@ -296,13 +297,9 @@ class Setup(ProfileSetup):
                 f"gamma = {self.gamma:g}; ablation seeds {list(self.seeds)}")
 
 
-#: The notebook whose ``book/profiles.yml`` entry defines each profile's :class:`Setup`.
-SETUP_NOTEBOOK = "book/mapnet/ablation.ipynb"
-
-
 def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
     """Every profile's :class:`Setup`: ``smoke`` = the defaults, ``demo``/``paper`` from ``book/profiles.yml``."""
-    return _profile_setups(Setup, SETUP_NOTEBOOK, root)
+    return _profile_setups(Setup, root)
 
 
 # =========================================================================== data

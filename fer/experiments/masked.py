@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -172,6 +172,8 @@ class Setup(ProfileSetup):
         device: ``auto``, ``cpu``, ``cuda``.
     """
 
+    chapter: ClassVar[str] = "masked"
+
     profile: str = "smoke"
     data_root: str | None = None
     n_mu_train: int = 64
@@ -233,13 +235,9 @@ class Setup(ProfileSetup):
                 f"{self.batch_size}; seeds {', '.join(map(str, self.seeds))}")
 
 
-#: The notebook whose ``book/profiles.yml`` entry defines each profile's :class:`Setup`.
-SETUP_NOTEBOOK = "book/masked/stage2.ipynb"
-
-
 def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
     """Every profile's :class:`Setup`: ``smoke`` = the defaults, ``demo``/``paper`` from ``book/profiles.yml``."""
-    return _profile_setups(Setup, SETUP_NOTEBOOK, root)
+    return _profile_setups(Setup, root)
 
 
 # =========================================================================== data

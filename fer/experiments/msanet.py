@@ -69,7 +69,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -254,6 +254,8 @@ class Setup(ProfileSetup):
         device: ``auto``, ``cpu``, ``cuda``.
     """
 
+    chapter: ClassVar[str] = "msanet"
+
     profile: str = "smoke"
     data_root: str | None = None
     n_train: int | None = 128
@@ -322,13 +324,9 @@ class Setup(ProfileSetup):
                 f"{self.step_size} epochs), {self.epochs} epochs, batch {self.batch_size}; beta {self.beta:g}")
 
 
-#: The notebook whose ``book/profiles.yml`` entry defines each profile's :class:`Setup`.
-SETUP_NOTEBOOK = "book/msanet/ablation.ipynb"
-
-
 def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
     """Every profile's :class:`Setup`: ``smoke`` = the defaults, ``demo``/``paper`` from ``book/profiles.yml``."""
-    return _profile_setups(Setup, SETUP_NOTEBOOK, root)
+    return _profile_setups(Setup, root)
 
 
 # =========================================================================== data

@@ -1,0 +1,97 @@
+"""What a chapter page calls to present its results: the banner that says how its numbers
+were made, and table formatting (counts as integers, accuracies with one decimal).
+
+Presentation only: no training run executes this module (``fer.runs.PRESENTATION_MODULES``),
+and it imports nothing of the book runner, so notebooks use it without reaching up the layers.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+__all__ = ["banner"]
+
+
+def banner(
+    profile: str,
+    data: str,
+    scale: str,
+    run_ids: Sequence[str] | str = (),
+    **extra: Any,
+) -> Any:
+    """A note for the top of a page: which profile, data and scale made its numbers.
+
+    ``run_ids`` are the runs (``fer.runs`` ids) behind the page's numbers; ``extra``
+    adds fields (``device="cuda"`` shows as *Device*). Returns an
+    :class:`IPython.display.HTML` admonition (it renders the same in Jupyter and in the
+    built book); display it, or leave it as a cell's last expression. Nothing is glued.
+    """
+    from html import escape
+
+    from IPython.display import HTML
+
+    if isinstance(run_ids, str):
+        run_ids = (run_ids,)
+    runs = ", ".join(f"<code>{escape(str(r))}</code>" for r in run_ids) or "none"
+    fields = [("Profile", f"<code>{escape(str(profile))}</code>"),
+              ("Data", escape(str(data))), ("Scale", escape(str(scale)))]
+    fields += [(escape(k.replace("_", " ").capitalize()), escape(str(v))) for k, v in extra.items()]
+    fields.append(("Runs", runs))
+    items = "\n".join(f"<li><strong>{k}:</strong> {v}</li>" for k, v in fields)
+    note = ""
+    if "synfer" in str(data).lower():
+        note = ("\n<p>SynFER numbers are measured on synthetic stand-ins: they are not a "
+                "reproduction of any paper's table.</p>")
+    return HTML(
+        '<div class="admonition note fer-banner">\n'
+        '<p class="admonition-title">How this page\'s numbers were made</p>\n'
+        f"<ul>\n{items}\n</ul>{note}\n</div>"
+    )
+
+
+def glue_figure(name: str, fig: Any) -> None:
+    """Glue ``fig`` under ``name`` for a ``{glue:figure}`` in the prose, and close it.
+
+    The figure then appears once on the page, where the prose places it: glued with
+    ``display=False`` and closed, so the inline backend does not show it again as the
+    cell's output.
+    """
+    import matplotlib.pyplot as plt
+    from myst_nb import glue
+
+    glue(name, fig, display=False)
+    plt.close(fig)
+
+
+#: Column names (lower case) read as counts: shown as integers.
+_COUNT_WORDS = ("seeds", "runs", "faces", "images", "n", "count", "folds", "epochs", "parameters", "params")
+
+
+def table(df: Any, *, percent: Sequence[str] | None = None, decimals: int = 1) -> Any:
+    """A DataFrame styled for a page: counts as integers, other numbers with ``decimals``.
+
+    A numeric column is a count when every value is a whole number and its name says so
+    (``seeds``, ``runs``, ``faces``, ... or ends with one of them), or when its dtype is
+    an integer; counts print with thousands separators. ``percent`` names columns holding
+    accuracies as fractions in [0, 1]: they print as percentages. Missing values print as
+    an en dash. Returns a pandas ``Styler`` (it renders as HTML in Jupyter and the book).
+    """
+    import numpy as np
+    import pandas as pd
+
+    percent = set(percent or ())
+    formats: dict[Any, Any] = {}
+    for col in df.columns:
+        series = df[col]
+        if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            continue
+        label = str(col[-1] if isinstance(col, tuple) else col).lower()
+        values = series.dropna().to_numpy(dtype=float)
+        whole = bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+        if col in percent:
+            formats[col] = f"{{:.{decimals}%}}"
+        elif pd.api.types.is_integer_dtype(series) or (whole and any(
+                label == w or label.endswith(" " + w) or label.endswith("_" + w) for w in _COUNT_WORDS)):
+            formats[col] = "{:,.0f}"
+        else:
+            formats[col] = f"{{:.{decimals}f}}"
+    return df.style.format(formats, na_rep="–")
