@@ -53,7 +53,7 @@ def test_no_stray_entries() -> None:
 
 
 def _tiny_root(tmp_path: Path, entry: dict) -> Path:
-    (tmp_path / "book").mkdir()
+    (tmp_path / "book").mkdir(parents=True)
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
     (tmp_path / "book/profiles.yml").write_text(yaml.safe_dump(entry))
     return tmp_path
