@@ -3,7 +3,8 @@
 * :func:`face_mask` and :func:`resize_mask` — the whole-face binary mask ``M`` of
   MAPNet (Ju & Zhao, "Mask-based attention parallel network for in-the-wild facial
   expression recognition", Figure 2 and equation (3)), at image size and at any
-  feature-map size.
+  feature-map size (:func:`resize_mask` is :func:`fer.layers.masks.resize_mask`,
+  re-exported: the models call it on tensors, so it lives with the layers).
 * :func:`region_masks` — the eight ground-truth region masks of MANet (Gan et al.,
   "Multiple attention network for facial expression recognition", IEEE Access 2020,
   Table 2 and equation (4)) from its eight landmarks
@@ -28,9 +29,9 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..layers.masks import _hw, resize_mask
 from .labels import LabelCounts, resolve_classes
 from .synfer import draw
 from .synfer.nuisances import FACE_MASK_COLOURS
@@ -53,16 +54,6 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------- helpers
-def _hw(size: int | Sequence[int], what: str = "size") -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        h = w = int(size)
-    else:
-        h, w = (int(v) for v in size)
-    if h < 1 or w < 1:
-        raise ValueError(f"{what} must be positive, got {size}")
-    return h, w
-
-
 def _points(landmarks: Any, what: str = "landmarks") -> tuple[np.ndarray, bool]:
     is_torch = isinstance(landmarks, torch.Tensor)
     p = (landmarks.detach().cpu().numpy() if is_torch else np.asarray(landmarks)).astype(np.float64)
@@ -139,41 +130,6 @@ def face_mask(landmarks: Any, size: int | Sequence[int], *, forehead: float = 0.
         cv2.fillConvexPoly(m, _fixed(hull), 1, lineType=cv2.LINE_8, shift=4)
         out[b] = m
     return _like(out.reshape(*lead, h, w), is_torch)
-
-
-def resize_mask(mask: Any, feature_size: int | Sequence[int], *, threshold: float | None = None) -> Any:
-    """Resize masks to a feature map's size by area interpolation.
-
-    Args:
-        mask: ``H x W``, ``B x H x W`` or ``B x C x H x W`` (numpy or torch).
-        feature_size: ``int`` or ``(h, w)``, e.g. 56 for ResNet-50's layer1 at 224
-            px, 7 for its layer4 (MAPNet's two attention sites), 14 for VGG16's conv4
-            (MANet).
-        threshold: if given, binarise the result (``>= threshold`` -> 1).
-
-    Returns:
-        float32 of shape ``(..., h, w)`` in [0, 1] (the fraction of each cell the
-        mask covers, unless ``threshold``), numpy or torch like ``mask``, on the same
-        device.
-
-    .. note::
-        MAPNet multiplies ``M`` into layer-4 features (7 x 7) and layer-1 features
-        (56 x 56) without saying how ``M`` is shrunk. Area interpolation keeps the
-        mask's mass (a cell half on the face gets 0.5) instead of snapping cells in
-        or out; pass ``threshold=0.5`` for a binary map.
-    """
-    is_torch = isinstance(mask, torch.Tensor)
-    t = mask if is_torch else torch.from_numpy(np.ascontiguousarray(mask))
-    if t.ndim < 2:
-        raise ValueError(f"mask must be at least H x W, got shape {tuple(t.shape)}")
-    h, w = _hw(feature_size, "feature_size")
-    lead = tuple(t.shape[:-2])
-    x = t.reshape(-1, 1, *t.shape[-2:]).float()
-    y = F.interpolate(x, size=(h, w), mode="area").clamp_(0.0, 1.0)
-    if threshold is not None:
-        y = (y >= threshold).float()
-    y = y.reshape(*lead, h, w)
-    return y if is_torch else y.numpy()
 
 
 # ---------------------------------------------------------------------------- MANet

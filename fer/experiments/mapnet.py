@@ -79,6 +79,7 @@ from ..data import CLASSES_7
 from ..data.masks import face_mask
 from ..data.synfer import SynFER
 from ..explain import cam, capture
+from ..layers import resize_mask
 from ..losses import root_inverse_weights
 from ..models import create_model
 from ..models.mapnet import MapNetLoss, MaskChannelInput, block_weights, mask_forward
@@ -705,8 +706,6 @@ def mask_energy(maps: Mapping[str, np.ndarray], masks: torch.Tensor) -> dict[str
     ``maps`` from :func:`feature_maps`; ``masks`` the faces' ``N x 1 x H x W`` masks, shrunk
     to each map's size by area interpolation.
     """
-    from ..data.masks import resize_mask
-
     out = {}
     for k, v in maps.items():
         m = resize_mask(masks.float()[:, 0], tuple(v.shape[-2:])).numpy()

@@ -27,7 +27,7 @@ The model takes the image **and its face mask**: ``model(x, mask)`` with ``x``
 ``B x C x H x W`` and ``mask`` ``B x 1 x H x W`` (or ``B x H x W``) in [0, 1] at the
 image's size (:func:`fer.data.masks.face_mask` from landmarks: the dataset's own, the
 landmark cache, or SynFER's exact ones). Each attention site shrinks it to its feature
-map with :func:`fer.data.masks.resize_mask` (area interpolation). It returns a
+map with :func:`fer.layers.resize_mask` (area interpolation). It returns a
 :class:`MapNetOutput`; ``output.logits`` is ``log P_F`` (log-probabilities act as
 logits: their softmax is ``P_F``), so accuracy, the default cross-entropy and
 :func:`fer.explain.cam` work unchanged.
@@ -101,7 +101,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
-from fer.data.masks import resize_mask
+from fer.layers import resize_mask
 
 from ._hub import load_torchvision_state_dict
 from ._registry import register_model
@@ -157,7 +157,7 @@ class MaskAttention(nn.Module):
 
     ``forward(x, mask)``: ``x`` ``B x C x h x w`` features, ``mask`` ``B x 1 x H x W`` (or
     ``B x H x W``) in [0, 1] at any size, shrunk to ``h x w`` by area interpolation
-    (:func:`fer.data.masks.resize_mask`); ``mask=None`` means ``M = 1``. With
+    (:func:`fer.layers.resize_mask`); ``mask=None`` means ``M = 1``. With
     ``enabled=False`` (Table 2's rows without MAM) the module returns ``x`` untouched,
     so the hook point exists in every ablation.
 
