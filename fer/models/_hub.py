@@ -6,10 +6,15 @@
   ``$TORCH_HOME/hub/checkpoints/<file>`` (``~/.cache/torch/hub/checkpoints`` by
   default); :func:`load_torchvision_state_dict` downloads there when it can and
   otherwise says which file to put where.
+* In a dry run (``FER_DRY_RUN=1``, set by ``python -m fer.book run --dry-run``) a weight
+  file that is not there does not stop the run: the model keeps its random initialisation,
+  and the file is recorded (:func:`missing_weights`) so the page and the report list it,
+  with the same message a real run fails with.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict
 from urllib.parse import urlparse
@@ -19,10 +24,50 @@ from torchvision.models import WeightsEnum
 
 import fer
 
-__all__ = ["weights_dir", "torch_hub_checkpoint_path", "load_torchvision_state_dict"]
+__all__ = ["weights_dir", "torch_hub_checkpoint_path", "load_torchvision_state_dict", "dry_run",
+           "missing_weights", "note_missing_weights", "torchvision_weights_file"]
 
 #: Environment variable naming the folder of user-supplied weight files.
 WEIGHTS_ENV = "FER_WEIGHTS"
+#: Environment variable that turns on the dry run (training capped, missing weights tolerated).
+DRY_RUN_ENV = "FER_DRY_RUN"
+#: Messages about weight files a dry run went without, in the order met (one per file).
+_MISSING: dict[str, str] = {}
+
+
+def dry_run() -> bool:
+    """``True`` in a dry run (``$FER_DRY_RUN`` is ``1``)."""
+    return os.environ.get(DRY_RUN_ENV) == "1"
+
+
+def note_missing_weights(file: Path | str, message: str) -> None:
+    """Record that a dry run goes on without ``file`` (random initialisation), and warn."""
+    if str(file) not in _MISSING:
+        _MISSING[str(file)] = message
+        warnings.warn(f"dry run: using random initialisation instead of {file}. {message}", stacklevel=3)
+
+
+def missing_weights() -> dict[str, str]:
+    """``{file: message}`` for every weight file this process's dry run went without."""
+    return dict(_MISSING)
+
+
+def torchvision_weights_file(weights: WeightsEnum) -> Path:
+    """The file torch.hub caches ``weights`` in (:func:`torch_hub_checkpoint_path`)."""
+    return torch_hub_checkpoint_path(weights.url)
+
+
+def _random_state_dict(weights: WeightsEnum) -> Dict[str, Any]:
+    """A randomly initialised state dict with the keys and shapes of ``weights``' file."""
+    from torchvision.models import get_model, get_model_weights, list_models
+
+    names = [m for m in list_models() if get_model_weights(m) is type(weights)]
+    if not names:
+        raise RuntimeError(f"no torchvision architecture takes {weights}")
+    kwargs: Dict[str, Any] = {"num_classes": len(weights.meta["categories"])}
+    if names[0] == "inception_v3":
+        kwargs.update(aux_logits=True, init_weights=True)
+    return get_model(names[0], weights=None, **kwargs).state_dict()
 
 
 def weights_dir() -> Path:
@@ -47,6 +92,9 @@ def load_torchvision_state_dict(weights: WeightsEnum, progress: bool = True) -> 
             where to put it.
     """
     target = torch_hub_checkpoint_path(weights.url)
+    if dry_run() and not target.is_file():
+        note_missing_weights(target, _fix_message(weights, target))
+        return _random_state_dict(weights)
     try:
         return torch.hub.load_state_dict_from_url(
             weights.url, map_location="cpu", progress=progress, check_hash=True, weights_only=True
@@ -54,8 +102,12 @@ def load_torchvision_state_dict(weights: WeightsEnum, progress: bool = True) -> 
     except Exception as err:  # URLError/HTTPError/OSError offline, RuntimeError on a bad hash
         raise RuntimeError(
             f"Could not load torchvision weights {weights} ({type(err).__name__}: {err}).\n"
-            f"Expected file: {target}\n"
+            + _fix_message(weights, target)
+        ) from err
+
+
+def _fix_message(weights: WeightsEnum, target: Path) -> str:
+    return (f"Expected file: {target}\n"
             f"Fix: on a machine with internet, download {weights.url} and copy it to "
             f"{target.parent}/ (set TORCH_HOME to use another cache folder), or build "
-            f"the model with pretrained=False."
-        ) from err
+            f"the model with pretrained=False.")
