@@ -109,3 +109,87 @@ def test_masked_verdicts_every_branch():
     assert C.masked_level_verdict(0.04).startswith("about the same")
 
     assert [C.masked_eyes_verdict(g) for g in (0.03, -0.03, 0.01)] == ["more than", "less than", "about"]
+
+
+def test_optimiser_phrase_and_cbam_params_verdict():
+    assert C.optimiser_phrase("adam", "sgd") == "Adam where the paper uses SGD with momentum"
+    assert C.optimiser_phrase("SGD", "sgd") == "SGD with momentum, as in the paper"
+    assert C.cbam_params_verdict(66_130, 66_000) == "holds"
+    assert C.cbam_params_verdict(33_330, 66_000) == "does not hold"
+    assert C.cbam_params_verdict(66_600, 66_000) == "does not hold"  # rounds to 67K
+
+
+def test_msanet_rules():
+    # chance for 7 classes is 14.29%: within one point below 15.29
+    assert C.msanet_plateau_count([14.3, 15.0, 15.3, 40.0], 7) == 2
+    assert C.msanet_plateau_count([], 7) == 0
+    with pytest.raises(ValueError):
+        C.msanet_plateau_count([10.0], 0)
+    assert C.msanet_erf_ordered({7: 30.0, 5: 20.0, 3: 20.0}) == "yes"
+    assert C.msanet_erf_ordered({3: 10.0, 7: 9.0, 5: 12.0}) == "no"
+    steps = C.msanet_paper_steps()
+    assert steps[("MS - baseline", "raf")] == pytest.approx(84.33 - 82.59)
+    assert steps[("AS - MS", "pose45")] == pytest.approx(54.81 - 53.66)
+    assert steps[("MSA-Net - AS", "affectnet")] == pytest.approx(63.61 - 62.11)
+    assert steps[("MSA-Net - AS", "pose30")] is None  # the full network has no pose numbers
+
+
+def test_masked_stage2_rules():
+    assert C.masked_gain_phrase(9.0, 1.0, 1).startswith("a single seed")
+    assert C.masked_gain_phrase(2.5, 1.0, 3).startswith("more than twice")
+    assert C.masked_gain_phrase(-2.5, 1.0, 3).startswith("more than twice")
+    assert C.masked_gain_phrase(1.5, 1.0, 3).startswith("within about twice")
+    assert C.masked_figure7_swapped() is True  # Figure 7 (a)'s diagonal is Table 3's FECN row
+
+
+def test_manet_paper_numbers_by_name():
+    assert C.manet_paper_accuracy("ours") == 85.69 and C.manet_paper_accuracy("se") == 83.28
+    assert C.manet_paper_accuracy("vgg", pretrained=False) == 73.63
+    assert C.manet_paper_accuracy("ours", "ck") == 96.28 and C.manet_paper_accuracy("vgg", "ck") == 92.27
+    with pytest.raises(KeyError, match="no row"):
+        C.manet_paper_accuracy("pgcnn", "ck")
+    with pytest.raises(KeyError, match="scratch"):
+        C.manet_paper_accuracy("pgcnn", pretrained=False)
+    raf = C.manet_paper_diagonal("4")
+    assert raf["fear"] == 58.11 and min(raf, key=raf.get) == "fear" and max(raf, key=raf.get) == "happy"
+    assert C.manet_paper_diagonal("6")["fear"] == 84.17
+
+
+def test_manet_ck_verdict_every_branch():
+    acc = {"ours": [90.0, 92.0, 94.0], "se": [85.0, 86.0, 87.0], "vgg": [84.0, 85.0, 86.0]}
+    out = C.manet_ck_verdict(acc)
+    assert out["gain"] == pytest.approx(6.0) and out["sd"] == pytest.approx(2.0)
+    assert out["verdict"].startswith("consistent") and out["se_vs_vgg"] == "above"
+    out = C.manet_ck_verdict({**acc, "ours": [78.0, 80.0, 82.0]})
+    assert out["verdict"].startswith("below the better baseline")
+    out = C.manet_ck_verdict({**acc, "ours": [85.0, 88.0, 91.0], "vgg": [87.0, 87.0, 87.0]})  # +1 against 3
+    assert out["verdict"].startswith("within") and out["se_vs_vgg"] == "not above"
+    assert C.manet_ck_verdict({k: v[:1] for k, v in acc.items()})["sd"] == 0.0
+
+
+def test_manet_q_loc_and_one_class_notes():
+    assert C.manet_q_verdict(0.01).startswith("So on SynFER at this scale the weight branch learns a nearly fixed")
+    assert C.manet_q_verdict(C.Q_ADAPT_TOLERANCE).startswith("The weights do shift")
+    assert C.manet_loc_verdict({"MANet": 0.3, "VGG": 0.2}, "MANet").startswith("MANet's maps sit")
+    assert C.manet_loc_verdict({"MANet": 0.1, "VGG": 0.2}, "MANet") == ("VGG's maps, not MANet's, sit most on "
+                                                                        "the evidence")
+    classes = ("anger", "happy", "sad")
+    assert "predicts happy for every test face" in C.one_class_note([[0, 3, 0], [0, 5, 0], [0, 2, 0]], classes)
+    assert C.one_class_note([[1, 2, 0], [0, 5, 0], [0, 2, 0]], classes).startswith("Our MANet predicts several")
+
+
+def test_mapnet_paper_accuracy_and_verdicts():
+    assert C.mapnet_paper_accuracy("wcl") == 87.26 and C.mapnet_paper_accuracy("wcl", "FED-RO") == 71.05
+    assert C.mapnet_paper_accuracy("MAPNet", "FED-RO", table="1") == 71.50
+    with pytest.raises(KeyError, match="no FED-RO"):
+        C.mapnet_paper_accuracy("SCN", "FED-RO", table="1")
+    with pytest.raises(KeyError, match="no row"):
+        C.mapnet_paper_accuracy("MAPNet")  # a Table 1 method, not a Table 2 row
+    steps = pd.DataFrame({"clear of noise": [False, False, False], "ours mean (points)": [3.0, -1.0, 0.5]})
+    assert C.mapnet_steps_verdict(steps) == "SynFER at this scale does not show the paper's step-by-step gains"
+    steps["clear of noise"] = [True, True, False]
+    assert C.mapnet_steps_verdict(steps) == ("SynFER at this scale shows 1 of the 3 step-by-step gains clear of the "
+                                             "noise, and 1 step(s) clear of the noise go the other way")
+    assert C.mapnet_sweep_verdict(5.0, 0.0, 1).startswith("with a single seed")
+    assert C.mapnet_sweep_verdict(2.5, 1.0, 3).startswith("more than twice")
+    assert C.mapnet_sweep_verdict(1.5, 1.0, 3) == "within the noise"

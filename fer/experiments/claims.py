@@ -236,3 +236,204 @@ def masked_paper_gain(better: str = "fecn", worse: str = "vgg11") -> float:
     """Table 3's total accuracy of ``better`` minus ``worse``, in points."""
     return masked.TABLE3[better]["total"] - masked.TABLE3[worse]["total"]
 
+
+
+# =========================================================================== page-wide helpers (issue 14)
+
+
+def optimiser_phrase(used: str, paper: str) -> str:
+    """How a page names the optimiser its runs used, against the paper's (``"sgd"`` / ``"adam"``)."""
+    names = {"sgd": "SGD with momentum", "adam": "Adam"}
+    u, p = names.get(used.lower(), used), names.get(paper.lower(), paper)
+    return f"{u}, as in the paper" if used.lower() == paper.lower() else f"{u} where the paper uses {p}"
+
+
+def cbam_params_verdict(added: int, claim: int) -> str:
+    """The paper's "66K extra parameters": ``"holds"`` when ``added`` rounds to ``claim`` in thousands."""
+    return "holds" if round(added / 1000) == round(claim / 1000) else "does not hold"
+
+
+# =========================================================================== MSA-Net
+
+
+def msanet_plateau_count(mean_class_accuracy: Sequence[float], n_classes: int, *, margin: float = 1.0) -> int:
+    """Runs that did not leave the majority-class plateau: mean class accuracy (in %) within
+    ``margin`` points of chance (``100 / n_classes``)."""
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    chance = 100.0 / n_classes
+    return int(sum(1 for v in mean_class_accuracy if float(v) < chance + margin))
+
+
+def msanet_erf_ordered(radius_by_kernel: Mapping[int, float]) -> str:
+    """The paper's "larger kernels see further": ``"yes"`` when the branches' receptive-field radii
+    do not shrink as the kernel grows (``{7: r7, 5: r5, 3: r3}``), else ``"no"``."""
+    radii = [float(radius_by_kernel[k]) for k in sorted(radius_by_kernel, reverse=True)]
+    return "yes" if all(a >= b for a, b in zip(radii, radii[1:])) else "no"
+
+
+def msanet_paper_steps() -> dict[tuple[str, str], float | None]:
+    """The paper's step gains in points per ``(step, column)``: MS - baseline and AS - MS from Table 3,
+    MSA-Net - AS with the full network's Tables 1 and 2 (``None`` where the paper has no number)."""
+    from . import msanet
+
+    out: dict[tuple[str, str], float | None] = {}
+    for col in msanet.TABLE3_COLUMNS:
+        out[("MS - baseline", col)] = msanet.TABLE3["ms"][col] - msanet.TABLE3["baseline"][col]
+        out[("AS - MS", col)] = msanet.TABLE3["as"][col] - msanet.TABLE3["ms"][col]
+        full = msanet.PROPOSED.get(col, {}).get("accuracy")
+        out[("MSA-Net - AS", col)] = None if full is None else full - msanet.TABLE3["as"][col]
+    return out
+
+
+# =========================================================================== masked FER, stage 2
+
+
+def masked_gain_phrase(gain: float, noise: float, n_seeds: int) -> str:
+    """Stage 2's reading of FECN minus VGG11 against twice the largest seed spread."""
+    if n_seeds < 2:
+        return "a single seed gives no spread to judge it by"
+    if separation(gain, noise, k=2) == "within":
+        return "within about twice the spread between seeds, so not a clear difference"
+    return "more than twice the spread between seeds"
+
+
+def masked_figure7_swapped() -> bool:
+    """Whether Figure 7's "(a) VGG" diagonal is Table 3's FECN row (the captions look swapped)."""
+    diag = np.diag(masked.paper_confusion("(a) VGG")) * 100
+    return bool(np.allclose(diag, [masked.TABLE3["fecn"][c] for c in masked.PAPER_CLASSES]))
+
+
+# =========================================================================== MANet and MAPNet pages (issue 14)
+
+__all__ += [
+    "manet_paper_accuracy",
+    "manet_paper_diagonal",
+    "manet_ck_verdict",
+    "manet_q_verdict",
+    "Q_ADAPT_TOLERANCE",
+    "manet_loc_verdict",
+    "one_class_note",
+    "mapnet_paper_accuracy",
+    "mapnet_steps_verdict",
+    "mapnet_sweep_verdict",
+]
+
+
+def manet_paper_accuracy(key: str, table: str = "raf", pretrained: bool = True) -> float:
+    """The paper's accuracy (%) of row ``key`` (``"ours"``, ``"se"``, ``"vgg"``, ...): Table 3
+    (``table="raf"``; ``pretrained=False`` reads its from-scratch column) or Table 5 (``"ck"``)."""
+    rows = {r.key: r for r in (manet.TABLE3 if table == "raf" else manet.TABLE5)}
+    if key not in rows:
+        raise KeyError(f"MANet's table {table!r} has no row {key!r}; rows: {sorted(rows)}")
+    value = rows[key].pretrained if pretrained else rows[key].scratch
+    if value is None:
+        raise KeyError(f"MANet's table {table!r}, row {key!r} has no {'pre-trained' if pretrained else 'scratch'} "
+                       "number")
+    return float(value)
+
+
+def manet_paper_diagonal(table: str = "4") -> dict[str, float]:
+    """The diagonal (% of each true class recognised) of Table 4 (RAF-DB) or Table 6 (CK+), by class name."""
+    order, rows = (manet.TABLE4_ORDER, manet.TABLE4) if table == "4" else (manet.TABLE6_ORDER, manet.TABLE6)
+    return {c: float(rows[i][i]) for i, c in enumerate(order)}
+
+
+_MANET_CK_VERDICTS = {
+    "above": "consistent with the paper's ordering",
+    "below": "below the better baseline by more than the fold-to-fold spread, the opposite of the paper's result",
+    "within": "within the fold-to-fold spread: the stand-in does not show the paper's gain",
+}
+
+
+def manet_ck_verdict(acc: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """Table 5's claims on the CK+ stand-in: MANet against the better baseline, and VGG+SE against VGG.
+
+    ``acc`` maps ``"ours"``, ``"se"``, ``"vgg"`` to accuracies in % over folds. The gain is MANet's
+    mean minus the better baseline's; the noise the largest fold-to-fold standard deviation.
+    Returns ``gain``, ``sd``, ``verdict`` and ``se_vs_vgg`` (``"above"`` / ``"not above"``).
+    """
+    means = {k: float(np.mean(v)) for k, v in acc.items()}
+    gain = means["ours"] - max(means["vgg"], means["se"])
+    sd = max(seed_sd(v) for v in acc.values())
+    return {"gain": gain, "sd": sd, "verdict": _MANET_CK_VERDICTS[separation(gain, sd)],
+            "se_vs_vgg": "above" if means["se"] > means["vgg"] else "not above"}
+
+
+#: A region weight ``q_r`` that changes by less than this between expressions is "nearly fixed".
+Q_ADAPT_TOLERANCE = 0.02
+
+
+def manet_q_verdict(q_change: float) -> str:
+    """The ERSnet page: does the weight branch adapt the fusion to the expression?
+
+    ``q_change``: the largest change of a region's mean weight ``q_r`` from one expression to another.
+    """
+    if q_change < Q_ADAPT_TOLERANCE:
+        return ("So on SynFER at this scale the weight branch learns a nearly fixed mixture of the regions "
+                "rather than a per-expression choice: the paper's claim that it adapts the fusion to “different "
+                "expressions and individuals” is not visible here.")
+    return ("The weights do shift between expressions, in line with the paper's claim that the fusion adapts to "
+            "“different expressions and individuals”; whether the shifts follow the expressions' action units is "
+            "for the reader to judge from the heat map.")
+
+
+def manet_loc_verdict(loc: Mapping[str, float], ours: str) -> str:
+    """The visualisation page: whose Grad-CAM sits most on the evidence (``loc``: model -> energy share)."""
+    best = max(loc, key=loc.get)
+    if best == ours:
+        return "MANet's maps sit on the evidence more than the baselines'"
+    return f"{best}'s maps, not MANet's, sit most on the evidence"
+
+
+def one_class_note(confusion: Any, classes: Sequence[str], model: str = "MANet") -> str:
+    """Whether a model left the majority-class plateau, from its confusion matrix (rows true,
+    columns predicted): a note for the page either way."""
+    predicted = np.asarray(confusion).sum(0)
+    if int((predicted > 0).sum()) == 1:
+        return (f"Our {model} predicts {classes[int(predicted.argmax())]} for every test face here (it has not "
+                f"left the majority class at this scale), so its matrix is a single column and the comparison "
+                f"below says nothing about which expressions it confuses.")
+    return f"Our {model} predicts several classes here, so its errors can be compared with the paper's."
+
+
+def mapnet_paper_accuracy(row: str, column: str = "RAF-DB", table: str = "2") -> float:
+    """The paper's accuracy (%): Table 2 row ``row`` (``"baseline"``, ``"ps"``, ``"mam"``, ``"wcl"``)
+    or, with ``table="1"``, Table 1's method ``row`` (``"MAPNet"``, ``"RAN"``, ...), in ``column``."""
+    if column not in _TABLE2_COLUMNS:
+        raise KeyError(f"MAPNet's tables have no column {column!r}; columns: {_TABLE2_COLUMNS}")
+    rows = dict(mapnet.TABLE2) if table == "2" else {r[0]: r[1:] for r in mapnet.TABLE1}
+    if row not in rows:
+        raise KeyError(f"MAPNet's Table {table} has no row {row!r}; rows: {sorted(rows)}")
+    value = rows[row][_TABLE2_COLUMNS.index(column)]
+    if value is None:
+        raise KeyError(f"MAPNet's Table {table} gives no {column} accuracy for {row!r}")
+    return float(value)
+
+
+def mapnet_steps_verdict(steps: Any) -> str:
+    """The ablation's closing note: which of Table 2's steps (all gains in the paper) this profile shows.
+
+    ``steps``: rows of :func:`fer.experiments.mapnet.step_effects` (``"clear of noise"``,
+    ``"ours mean (points)"``). A step is shown when it is clear of the noise and positive.
+    """
+    clear = [bool(c) for c in steps["clear of noise"]]
+    means = [float(m) for m in steps["ours mean (points)"]]
+    up = sum(c and m > 0 for c, m in zip(clear, means))
+    down = sum(c and m < 0 for c, m in zip(clear, means))
+    if up == 0 and down == 0:
+        return "SynFER at this scale does not show the paper's step-by-step gains"
+    text = f"SynFER at this scale shows {up} of the {len(clear)} step-by-step gains clear of the noise"
+    if down:
+        text += f", and {down} step(s) clear of the noise go the other way"
+    return text
+
+
+def mapnet_sweep_verdict(span: float, sd: float, n_seeds: int) -> str:
+    """Figure 6's sweeps: is the span of a sweep's mean accuracies (points) well above the
+    seed-to-seed standard deviation ``sd`` of the ablation rows (more than twice it)?"""
+    if n_seeds < 2:
+        return "with a single seed there is no seed-to-seed spread to judge it by"
+    if separation(span, sd, k=2) == "above":
+        return "more than twice the seed-to-seed standard deviation"
+    return "within the noise"
