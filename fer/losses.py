@@ -1,4 +1,5 @@
-"""The papers' losses: class weights from training counts, and class-weighted cross-entropy.
+"""The papers' losses: class weights from training counts, class-weighted cross-entropy and
+each paper's own loss.
 
 Papers and equations:
 
@@ -15,7 +16,18 @@ Papers and equations:
   class count and ``0.5 <= gamma <= 3`` (:func:`root_inverse_weights`;
   :meth:`ClassWeightedCrossEntropy.from_counts` with ``scheme="root"``).
   Equation (6), ``L_F = u * L_M + v * L_A`` with ``u = v = 0.5``, combines the
-  losses of MAPNet's two branches and belongs with that model's outputs.
+  losses of MAPNet's two branches (:class:`MapNetLoss`, on a
+  :class:`fer.models.mapnet.MapNetOutput`).
+* Y. Gan et al., *Multiple Attention Network* (MANet, ``manet``), equations (2)-(3):
+  the Euclidean loss between RASnet's region masks and the ground truth (:func:`mask_loss`).
+* C. Ghadai and D. Patra, *Multi-branch Multi-Scale Attention Network* (MSA-Net,
+  ``msanet``), equation (2): cross-entropy times ``beta = 0.6`` (:class:`BetaCrossEntropy`).
+* S. Hayashi et al., *FER with Face Mask using Attention* (``masked``), equation (1): the
+  Attention Branch Network's ``L_att + L_per`` (:func:`abn_loss`, on a
+  :class:`fer.models.masked.AbnOutput`).
+
+The losses that take a model's output class import that model's module when called,
+so importing this module (as :mod:`fer.train` does) loads no model.
 
 Counts may be a sequence, a ``{class: count}`` mapping (its order is kept, e.g. a
 dataset's ``class_counts``), a numpy array or a tensor; weights come back as float32
@@ -33,19 +45,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+if TYPE_CHECKING:  # the models import on use: fer.train imports this module and needs none of them
+    from .models.mapnet import MapNetOutput
+    from .models.masked import AbnOutput
+
 __all__ = [
+    "BETA",
     "GAMMA_RANGE",
     "WEIGHT_SCHEMES",
+    "BetaCrossEntropy",
     "ClassWeightedCrossEntropy",
     "Counts",
+    "MapNetLoss",
+    "abn_loss",
     "inverse_frequency_weights",
+    "mask_loss",
     "root_inverse_weights",
 ]
 
@@ -57,6 +78,9 @@ WEIGHT_SCHEMES = ("inverse", "root")
 
 #: MAPNet's range for ``gamma`` (its equation (5)).
 GAMMA_RANGE = (0.5, 3.0)
+
+#: MSA-Net's equation (2) scale, "empirically set as 0.6" (:class:`BetaCrossEntropy`).
+BETA = 0.6
 
 
 def _as_counts(counts: Counts, fn: str, equation: str) -> torch.Tensor:
@@ -279,3 +303,132 @@ class ClassWeightedCrossEntropy(nn.modules.loss._WeightedLoss):
         k = "none" if self.weight is None else len(self.weight)
         return (f"classes={k}, normalize={self.normalize!r}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}")
+
+
+# =========================================================================== the papers' own losses
+
+
+def mask_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MANet's equations (2)-(3): squared error summed over regions and cells, averaged over the batch.
+
+    ``L_M = 1/K sum_k sum_r sum_ij (M_r(i, j) - M^_r(i, j))^2`` (no factor 1/2): RASnet's
+    predicted region masks ``pred`` against the ground truth ``target``, both
+    ``B x 8 x s x s`` (:func:`fer.data.masks.region_masks`).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"mask_loss: predicted masks {tuple(pred.shape)} and ground truth "
+                         f"{tuple(target.shape)} differ; build the model for the input size the masks were made for")
+    diff = (pred.float() - target.float()).pow(2)
+    return diff.reshape(len(diff), -1).sum(1).mean()
+
+
+class MapNetLoss(nn.Module):
+    """MAPNet's equations (4)-(6): class-weighted cross-entropy per branch, ``L_F = u L_M + v L_A``.
+
+    ``forward(outputs, batch)`` takes a :class:`fer.models.mapnet.MapNetOutput` and the
+    batch (its ``label``), so it can be handed to :func:`fer.train.fit` as ``loss_fn``.
+
+    Args:
+        weight: ``omega_i`` per class (equation 5; build it with :meth:`from_counts`,
+            which uses :func:`root_inverse_weights`); ``None``: plain cross-entropy
+            (Table 2's rows without WCL).
+        branch_weights: ``(u, v)`` of equation (6) (paper: 0.5, 0.5).
+        on: ``"blocks"`` (default): each branch's loss is the ``delta``-weighted sum of
+            its blocks' losses, every block classifier trained on its own logits;
+            ``"combined"``: the loss of the branch's combined prediction ``log P``.
+        normalize: the batch mean of :class:`ClassWeightedCrossEntropy` (``"weights"``,
+            PyTorch's ``CrossEntropyLoss(weight=...)``, by default).
+        delta: block weights for ``on="blocks"``; default
+            :func:`fer.models.mapnet.block_weights` of the number of blocks in the output.
+
+    .. note::
+       The paper writes the per-sample loss (4), the weights (5) and the branch sum (6),
+       but not whether a branch's loss is taken on each block or on its combined
+       prediction, nor the batch reduction. Each block is "trained independently", so
+       we default to per-block losses weighted by ``delta``, and to PyTorch's weighted
+       mean (the paper trains in PyTorch).
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None, *, branch_weights: tuple[float, float] = (0.5, 0.5),
+                 on: Literal["blocks", "combined"] = "blocks", normalize: Literal["batch", "weights"] = "weights",
+                 delta: Sequence[float] | None = None) -> None:
+        super().__init__()
+        if on not in ("blocks", "combined"):
+            raise ValueError(f"on must be 'blocks' or 'combined', got {on!r}")
+        u, v = (float(x) for x in branch_weights)
+        if min(u, v) < 0 or abs(u + v - 1.0) > 1e-6:
+            raise ValueError(f"branch_weights (u, v) of equation (6) must be >= 0 and sum to 1, got {branch_weights}")
+        self.branch_weights, self.on = (u, v), on
+        self.delta = None if delta is None else tuple(float(d) for d in delta)
+        self.ce = ClassWeightedCrossEntropy(weight, normalize=normalize)
+
+    @classmethod
+    def from_counts(cls, counts: Any, gamma: float, **kwargs: Any) -> MapNetLoss:
+        """The loss with ``omega_i = (N_avg / N_i) ** (1 / gamma)`` from training counts (equation 5)."""
+        return cls(root_inverse_weights(counts, gamma), **kwargs)
+
+    def branch_loss(self, block_logits: torch.Tensor, log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``L_M`` or ``L_A`` for one branch."""
+        if self.on == "combined":
+            return self.ce(log_p, target)
+        from .models.mapnet import block_weights  # on use: fer.train imports this module without the models
+
+        k = block_logits.shape[1]
+        delta = self.delta if self.delta is not None else block_weights(k)
+        if len(delta) != k:
+            raise ValueError(f"MapNetLoss has {len(delta)} block weights but the output has {k} blocks")
+        return sum(d * self.ce(block_logits[:, i], target) for i, d in enumerate(delta))
+
+    def forward(self, outputs: MapNetOutput, batch: Any) -> torch.Tensor:
+        from .models.mapnet import MapNetOutput
+
+        target = batch["label"]
+        if not isinstance(outputs, MapNetOutput):
+            raise TypeError(f"MapNetLoss takes a MapNetOutput (MapNet's output), got {type(outputs).__name__}")
+        main = self.branch_loss(outputs.main_block_logits, outputs.main_log_p, target)
+        if outputs.aux_block_logits is None:
+            return main
+        aux = self.branch_loss(outputs.aux_block_logits, outputs.aux_log_p, target)
+        u, v = self.branch_weights
+        return u * main + v * aux
+
+    def extra_repr(self) -> str:
+        return f"on={self.on!r}, branch_weights={self.branch_weights}"
+
+
+class BetaCrossEntropy(nn.CrossEntropyLoss):
+    """MSA-Net's equation (2): ``L = -(beta / N) * sum_i log softmax(W v_i + b)[y_i]``.
+
+    Cross-entropy averaged over the batch and multiplied by ``beta`` (paper: 0.6). With
+    plain SGD this is the same as scaling the learning rate by ``beta``.
+
+    Args:
+        beta: the scale (> 0).
+        **kwargs: ``nn.CrossEntropyLoss`` arguments (``weight``, ``label_smoothing``...).
+    """
+
+    def __init__(self, beta: float = BETA, **kwargs: Any) -> None:
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        super().__init__(**kwargs)
+        self.beta = float(beta)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.beta * super().forward(input, target)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
+
+def abn_loss(outputs: AbnOutput, batch: Mapping[str, Any], *, att_weight: float = 1.0) -> torch.Tensor:
+    """The masked-FER paper's equation (1): ``L = L_att + L_per``, both cross-entropy on the batch's labels.
+
+    ``outputs`` is the :class:`fer.models.masked.AbnOutput` of an ABN (or the MCN);
+    ``att_weight`` scales ``L_att`` (1 in the paper). Use as ``fer.train.fit(loss_fn=abn_loss)``.
+    """
+    from .models.masked import AbnOutput  # on use: fer.train imports this module without the models
+
+    if not isinstance(outputs, AbnOutput):
+        raise TypeError(f"abn_loss needs the AbnOutput of an ABN model, got {type(outputs).__name__}")
+    y = batch["label"]
+    return att_weight * F.cross_entropy(outputs.att_logits, y) + F.cross_entropy(outputs.logits, y)

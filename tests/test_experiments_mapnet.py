@@ -10,7 +10,7 @@ import torch
 
 from fer.experiments import mapnet as E
 from fer.experiments._common import stratified_indices
-from fer.models.mapnet import MapNetLoss
+from fer.losses import MapNetLoss
 
 import fixtures_datasets as fx  # tests/ helper module (pytest puts tests/ on sys.path)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fer.experiments import msanet as M
-from fer.models.msanet import BetaCrossEntropy
+from fer.losses import BetaCrossEntropy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fer.explain import SingleOutput, cam, capture
+from fer.losses import mask_loss
 from fer.models import create_model, list_models
 from fer.models.manet import (
     RAS_MIN_SIZE,
@@ -12,7 +13,6 @@ from fer.models.manet import (
     ManetOutput,
     RASnet,
     RasnetOutput,
-    mask_loss,
     mask_side,
 )
 

@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from fer.explain import cam, capture
-from fer.losses import root_inverse_weights
+from fer.losses import MapNetLoss, root_inverse_weights
 from fer.models import create_model, list_models
 from fer.models.mapnet import (
     MapNet,
-    MapNetLoss,
     MapNetOutput,
     MaskAttention,
     MaskChannelInput,

@@ -9,9 +9,10 @@ import torchvision
 from torch import nn
 
 from fer.explain import cam, capture
+from fer.losses import BETA, BetaCrossEntropy
 from fer.models import create_model, list_models
 from fer.models import msanet as msa
-from fer.models.msanet import BetaCrossEntropy, MsaNet, MultiScaleBlock, ResNetBaseline
+from fer.models.msanet import MsaNet, MultiScaleBlock, ResNetBaseline
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -121,7 +122,7 @@ def test_receptive_field_of_one_block(hierarchy, side):
 
 def test_beta_cross_entropy_is_equation_2():
     loss = BetaCrossEntropy()
-    assert loss.beta == msa.BETA == 0.6
+    assert loss.beta == BETA == 0.6
     logits, target = torch.zeros(4, 7), torch.tensor([0, 1, 2, 3])
     assert loss(logits, target).item() == pytest.approx(0.6 * math.log(7), rel=1e-6)
     logits = torch.randn(5, 7)

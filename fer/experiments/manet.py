@@ -71,9 +71,10 @@ from ..data.landmarks import to_landmarks8
 from ..data.masks import MANET_REGIONS, region_masks
 from ..data.synfer import SynFER
 from ..explain import cam, capture
+from ..losses import mask_loss
 from ..models import create_model, load_vggface
 from ..models.cbam_vgg import VGGFACE_MEAN
-from ..models.manet import ManetOutput, RasnetOutput, mask_loss, mask_side
+from ..models.manet import ManetOutput, RasnetOutput, mask_side
 from ..runs import Run, RunResult, run
 from ..train import CachedDataset, Stage, TrainConfig, cache_dataset
 from ._common import ProfileSetup, localisation_row, model_input, random_subset

@@ -1,8 +1,8 @@
 """The MAPNet chapter (``book/mapnet/``): protocol, data, runs, tables and explanations.
 
 Paper: L. Ju and X. Zhao, *Mask-based Attention Parallel Network for In-the-Wild Facial
-Expression Recognition*, ICASSP 2022. The model and its loss are in
-:mod:`fer.models.mapnet`; the class weights of equation (5) in
+Expression Recognition*, ICASSP 2022. The model is in :mod:`fer.models.mapnet`; its loss
+(equations 4-6) in :class:`fer.losses.MapNetLoss`, the class weights of equation (5) in
 :func:`fer.losses.root_inverse_weights`. This module holds what the pages share:
 
 * the paper's numbers as data: :data:`TABLE1`, :data:`TABLE2`, :data:`FIGURE_CLAIMS`,
@@ -80,9 +80,9 @@ from ..data.masks import face_mask
 from ..data.synfer import SynFER
 from ..explain import cam, capture
 from ..layers import resize_mask
-from ..losses import root_inverse_weights
+from ..losses import MapNetLoss, root_inverse_weights
 from ..models import create_model
-from ..models.mapnet import MapNetLoss, MaskChannelInput, block_weights, mask_forward
+from ..models.mapnet import MaskChannelInput, block_weights, mask_forward
 from ..runs import RunResult, run
 from ..train import CachedDataset, InputTransform, TrainConfig, cache_dataset, cached_fingerprint
 from ._common import ProfileSetup, localisation_row, random_subset, stratified_indices
@@ -215,7 +215,7 @@ class Setup(ProfileSetup):
         optimizer: ``"sgd"`` (the paper) or ``"adam"`` (a departure for short runs from
             scratch; ``momentum`` is then unused).
         alpha, blocks, gamma: equation (3)'s alpha, K, equation (5)'s gamma.
-        loss_on: ``"blocks"`` or ``"combined"`` (:class:`fer.models.mapnet.MapNetLoss`).
+        loss_on: ``"blocks"`` or ``"combined"`` (:class:`fer.losses.MapNetLoss`).
         seeds: seeds of the ablation (Table 2) runs; the first is the main run.
         sweep_seeds: seeds of the ``K`` and ``alpha`` sweeps (Figure 6).
         blocks_values, alpha_values: the sweeps' values.

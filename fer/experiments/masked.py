@@ -70,8 +70,9 @@ from ..data.masks import (
 from ..data.synfer import SynFER
 from ..data.synfer.regions import region_maps
 from ..explain import capture, localisation_scores
+from ..losses import abn_loss
 from ..models import create_model
-from ..models.masked import Abn, Fecn, SharedFecn, abn_loss
+from ..models.masked import Abn, Fecn, SharedFecn
 from ..runs import Run, RunResult, run, runs_root
 from ..train import CachedDataset, Stage, TrainConfig, cache_dataset
 from ._common import ProfileSetup, model_input

@@ -1,8 +1,9 @@
 """The MSA-Net chapter (``book/msanet/``): protocol, data, runs, tables and explanations.
 
 Paper: C. Ghadai and D. Patra, *Multi-branch Multi-Scale Attention Network for Facial
-Expression Recognition (FER) in-the-Wild*, 2022. The models and the loss of equation (2)
-are in :mod:`fer.models.msanet`; this module holds what the chapter's notebooks share:
+Expression Recognition (FER) in-the-Wild*, 2022. The models are in :mod:`fer.models.msanet`,
+the loss of equation (2) in :class:`fer.losses.BetaCrossEntropy`; this module holds what the
+chapter's notebooks share:
 
 * the paper's reported numbers as data: :data:`TABLE1` (RAF-DB), :data:`TABLE2`
   (AffectNet), :data:`PROPOSED` (accuracy and average accuracy of MSA-Net),
@@ -80,8 +81,9 @@ from ..data import CLASSES_7
 from ..data.datasets import DATASETS as _LOADERS
 from ..data.synfer import SynFER
 from ..explain import cam, capture
+from ..losses import BETA, BetaCrossEntropy
 from ..models import create_model
-from ..models.msanet import BETA, BetaCrossEntropy, MsaNet
+from ..models.msanet import MsaNet
 from ..runs import RunResult, run
 from ..train import CachedDataset, TrainConfig, cache_dataset
 from ._common import ProfileSetup, localisation_row, model_input, random_subset

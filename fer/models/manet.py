@@ -14,7 +14,7 @@ learning branch giving a normalised ``N``-vector ``q``; its output is
 =====================  ============================================================
 model name             paper row
 =====================  ============================================================
-``manet_rasnet``       RASnet alone (Table 1), trained with the Euclidean loss (eqs. 2-3)
+``manet_rasnet``       RASnet alone (Table 1), trained with :func:`fer.losses.mask_loss` (eqs. 2-3)
 ``manet``              "Ours": ERSnet (VGG16 + MA block) with a RASnet inside (``model.rasnet``)
 ``manet_vgg16``        "VGG fine-tuning" (pretrained) / VGG16 from scratch
 ``manet_vgg16_se``     "VGG+SE": one SE block between conv blocks 4 and 5
@@ -131,7 +131,6 @@ __all__ = [
     "WeightBranch",
     "MABlock",
     "VggManet",
-    "mask_loss",
     "mask_side",
     "manet_rasnet",
     "manet",
@@ -180,18 +179,6 @@ class ManetOutput:
     logits: torch.Tensor
     masks: torch.Tensor
     region_weights: torch.Tensor
-
-
-def mask_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Equations (2)-(3): squared error summed over regions and cells, averaged over the batch.
-
-    ``L_M = 1/K sum_k sum_r sum_ij (M_r(i, j) - M^_r(i, j))^2`` (no factor 1/2).
-    """
-    if pred.shape != target.shape:
-        raise ValueError(f"mask_loss: predicted masks {tuple(pred.shape)} and ground truth "
-                         f"{tuple(target.shape)} differ; build the model for the input size the masks were made for")
-    diff = (pred.float() - target.float()).pow(2)
-    return diff.reshape(len(diff), -1).sum(1).mean()
 
 
 # --------------------------------------------------------------------------- RASnet

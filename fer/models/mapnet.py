@@ -19,7 +19,7 @@ model name           what
 ``mapnet``           MAPNet; keyword switches give every row of Table 2:
                      ``parallel=False, blocks=1, attention=False``: the baseline
                      (one ResNet-50, no split); ``attention=False``: +PS;
-                     the defaults: +MAM (+WCL is the loss, :class:`MapNetLoss`)
+                     the defaults: +MAM (+WCL is the loss, :class:`fer.losses.MapNetLoss`)
 ``mapnet_baseline``  shorthand for the baseline row (one ResNet, GAP, one head)
 ===================  ==========================================================
 
@@ -115,7 +115,6 @@ __all__ = [
     "MapNetBranch",
     "MapNet",
     "MaskChannelInput",
-    "MapNetLoss",
     "mask_forward",
     "block_weights",
     "make_resnet_trunk",
@@ -541,83 +540,6 @@ def mapnet_baseline(pretrained: bool = False, **kwargs: Any) -> MapNet:
         if k in kwargs:
             raise ValueError(f"mapnet_baseline fixes {k}; use mapnet({k}=...) for other rows")
     return MapNet(pretrained=pretrained, parallel=False, blocks=1, attention=False, **kwargs)
-
-
-# --------------------------------------------------------------------------- loss
-
-
-class MapNetLoss(nn.Module):
-    """Equations (4)-(6): class-weighted cross-entropy per branch, ``L_F = u L_M + v L_A``.
-
-    ``forward(outputs, batch)`` takes a :class:`MapNetOutput` and the batch (its
-    ``label``), so it can be handed to :func:`fer.train.fit` as ``loss_fn``.
-
-    Args:
-        weight: ``omega_i`` per class (equation 5; build it with :meth:`from_counts`,
-            which uses :func:`fer.losses.root_inverse_weights`); ``None``: plain
-            cross-entropy (Table 2's rows without WCL).
-        branch_weights: ``(u, v)`` of equation (6) (paper: 0.5, 0.5).
-        on: ``"blocks"`` (default): each branch's loss is the ``delta``-weighted sum of
-            its blocks' losses, every block classifier trained on its own logits;
-            ``"combined"``: the loss of the branch's combined prediction ``log P``.
-        normalize: the batch mean of :class:`fer.losses.ClassWeightedCrossEntropy`
-            (``"weights"``, PyTorch's ``CrossEntropyLoss(weight=...)``, by default).
-        delta: block weights for ``on="blocks"``; default :func:`block_weights` of the
-            number of blocks in the output.
-
-    .. note::
-       The paper writes the per-sample loss (4), the weights (5) and the branch sum (6),
-       but not whether a branch's loss is taken on each block or on its combined
-       prediction, nor the batch reduction. Each block is "trained independently", so
-       we default to per-block losses weighted by ``delta``, and to PyTorch's weighted
-       mean (the paper trains in PyTorch).
-    """
-
-    def __init__(self, weight: Optional[torch.Tensor] = None, *, branch_weights: Tuple[float, float] = (0.5, 0.5),
-                 on: Literal["blocks", "combined"] = "blocks", normalize: Literal["batch", "weights"] = "weights",
-                 delta: Optional[Sequence[float]] = None) -> None:
-        super().__init__()
-        from fer.losses import ClassWeightedCrossEntropy
-
-        if on not in ("blocks", "combined"):
-            raise ValueError(f"on must be 'blocks' or 'combined', got {on!r}")
-        u, v = (float(x) for x in branch_weights)
-        if min(u, v) < 0 or abs(u + v - 1.0) > 1e-6:
-            raise ValueError(f"branch_weights (u, v) of equation (6) must be >= 0 and sum to 1, got {branch_weights}")
-        self.branch_weights, self.on = (u, v), on
-        self.delta = None if delta is None else tuple(float(d) for d in delta)
-        self.ce = ClassWeightedCrossEntropy(weight, normalize=normalize)
-
-    @classmethod
-    def from_counts(cls, counts: Any, gamma: float, **kwargs: Any) -> "MapNetLoss":
-        """The loss with ``omega_i = (N_avg / N_i) ** (1 / gamma)`` from training counts (equation 5)."""
-        from fer.losses import root_inverse_weights
-
-        return cls(root_inverse_weights(counts, gamma), **kwargs)
-
-    def branch_loss(self, block_logits: torch.Tensor, log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``L_M`` or ``L_A`` for one branch."""
-        if self.on == "combined":
-            return self.ce(log_p, target)
-        k = block_logits.shape[1]
-        delta = self.delta if self.delta is not None else block_weights(k)
-        if len(delta) != k:
-            raise ValueError(f"MapNetLoss has {len(delta)} block weights but the output has {k} blocks")
-        return sum(d * self.ce(block_logits[:, i], target) for i, d in enumerate(delta))
-
-    def forward(self, outputs: MapNetOutput, batch: Any) -> torch.Tensor:
-        target = batch["label"]
-        if not isinstance(outputs, MapNetOutput):
-            raise TypeError(f"MapNetLoss takes a MapNetOutput (MapNet's output), got {type(outputs).__name__}")
-        main = self.branch_loss(outputs.main_block_logits, outputs.main_log_p, target)
-        if outputs.aux_block_logits is None:
-            return main
-        aux = self.branch_loss(outputs.aux_block_logits, outputs.aux_log_p, target)
-        u, v = self.branch_weights
-        return u * main + v * aux
-
-    def extra_repr(self) -> str:
-        return f"on={self.on!r}, branch_weights={self.branch_weights}"
 
 
 def mask_forward(module: nn.Module, batch: Any) -> MapNetOutput:

@@ -40,7 +40,7 @@ Layout of every model here (VGG11 = configuration "A": conv widths 64 | 128 | 25
 
 ABN models return an :class:`AbnOutput` (``logits`` of the perception branch,
 ``att_logits`` of the attention branch, ``attention`` map); ``fer.train`` picks
-``logits`` by itself, :func:`abn_loss` is equation (1), and
+``logits`` by itself, :func:`fer.losses.abn_loss` is equation (1), and
 :class:`fer.explain.SingleOutput` (or :func:`fer.explain.cam`, which wraps by itself)
 gives Grad-CAM one tensor.
 
@@ -120,7 +120,6 @@ __all__ = [
     "Abn",
     "Fecn",
     "SharedFecn",
-    "abn_loss",
     "vgg11_widths",
     "make_vgg11_groups",
     "attention_generator",
@@ -285,17 +284,6 @@ class AbnOutput:
     logits: torch.Tensor
     att_logits: torch.Tensor
     attention: torch.Tensor
-
-
-def abn_loss(outputs: AbnOutput, batch: Mapping[str, Any], *, att_weight: float = 1.0) -> torch.Tensor:
-    """Equation (1): ``L = L_att + L_per``, both cross-entropy on the batch's labels.
-
-    ``att_weight`` scales ``L_att`` (1 in the paper). Use as ``fer.train.fit(loss_fn=abn_loss)``.
-    """
-    if not isinstance(outputs, AbnOutput):
-        raise TypeError(f"abn_loss needs the AbnOutput of an ABN model, got {type(outputs).__name__}")
-    y = batch["label"]
-    return att_weight * F.cross_entropy(outputs.att_logits, y) + F.cross_entropy(outputs.logits, y)
 
 
 def _check_mode(mode: str) -> AttentionMode:
@@ -681,7 +669,7 @@ def vgg11(pretrained: bool = False, **kwargs: Any) -> Vgg11:
 @register_model
 def abn(pretrained: bool = False, **kwargs: Any) -> Abn:
     """Table 3's ABN baseline (Fukui et al.) on VGG11; returns :class:`AbnOutput`; train with
-    :func:`abn_loss`. ``pretrained`` as in :func:`vgg11`. Keyword arguments go to :class:`Abn`."""
+    :func:`fer.losses.abn_loss`. ``pretrained`` as in :func:`vgg11`. Keyword arguments go to :class:`Abn`."""
     return _build(Abn, pretrained, **kwargs)
 
 

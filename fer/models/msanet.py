@@ -8,7 +8,7 @@ Res2Net-like multi-scale blocks in series, Figure 2 and equation (1)) followed b
 (Woo et al., ECCV 2018); the branches use 7x7, 5x5 and 3x3 kernels. The three outputs
 are concatenated along the channels, globally average-pooled and classified by one
 linear layer, trained with the beta-scaled cross-entropy of equation (2), beta = 0.6
-(:class:`BetaCrossEntropy`).
+(:class:`fer.losses.BetaCrossEntropy`).
 
 =====================  =================================================================
 model name             paper row (Table 3)
@@ -99,10 +99,8 @@ from ._hub import load_torchvision_state_dict
 from ._registry import register_model
 
 __all__ = [
-    "BETA",
     "KERNEL_SIZES",
     "RESNET18_WIDTHS",
-    "BetaCrossEntropy",
     "MultiScaleBlock",
     "MsaBranch",
     "Concat",
@@ -116,8 +114,6 @@ __all__ = [
     "msanet_baseline",
 ]
 
-#: Equation (2)'s hyper-parameter, "empirically set as 0.6".
-BETA = 0.6
 #: Kernel of each branch (Section 2.1): 7x7, 5x5, 3x3.
 KERNEL_SIZES = (7, 5, 3)
 #: Output channels of ResNet-18's conv1 and its four stages.
@@ -127,33 +123,6 @@ Hierarchy = Literal["equation", "res2net"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# --------------------------------------------------------------------------- loss
-
-
-class BetaCrossEntropy(nn.CrossEntropyLoss):
-    """Equation (2): ``L = -(beta / N) * sum_i log softmax(W v_i + b)[y_i]``.
-
-    Cross-entropy averaged over the batch and multiplied by ``beta`` (paper: 0.6). With
-    plain SGD this is the same as scaling the learning rate by ``beta``.
-
-    Args:
-        beta: the scale (> 0).
-        **kwargs: ``nn.CrossEntropyLoss`` arguments (``weight``, ``label_smoothing``...).
-    """
-
-    def __init__(self, beta: float = BETA, **kwargs: Any) -> None:
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
-        super().__init__(**kwargs)
-        self.beta = float(beta)
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.beta * super().forward(input, target)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}"
 
 
 # --------------------------------------------------------------------------- blocks
