@@ -99,7 +99,8 @@ def test_parameters_are_injected(tiny_book: Path) -> None:
     assert f"knob=1 profile=demo data_root={data.resolve()}" in _stdout_of(tiny_book, "book/part/b.ipynb")
     nb = nbformat.read(tiny_book / "_build/src/book/part/a.ipynb", as_version=4)
     tags = [cell.metadata.get("tags", []) for cell in nb.cells]
-    assert tags.index(["injected-parameters"]) == tags.index(["parameters"]) + 1
+    # the injected values sit right after the defaults, collapsed on the page like them
+    assert tags.index(["injected-parameters", "hide-cell"]) == tags.index(["parameters"]) + 1
     report = _report(tiny_book)
     assert report["profile"] == "demo"
     assert list(report["notebooks"]) == ["book/part/a.ipynb", "book/part/b.ipynb"]
@@ -261,6 +262,8 @@ def test_repository_book_sources_build(tmp_path: Path) -> None:
     )
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO_ROOT / name, root / name)
+    # the pages' ``literalinclude`` of ``/fer/...`` read the package's sources (staged by the runner)
+    shutil.copytree(REPO_ROOT / "fer", root / "fer", ignore=shutil.ignore_patterns("__pycache__"))
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     stubs = {}
     for kind, entry in book.toc_entries(toc):
