@@ -108,7 +108,9 @@ def test_masks_and_a_two_stage_run_through_the_cache(tmp_path, monkeypatch):
     table = M.table3({("ours", False): [again]}, setup)
     ours_scratch = [r for r in table if r["model"].startswith("Ours") and r["initialisation"] == "from scratch"][0]
     assert ours_scratch["paper"] == 75.59 and ours_scratch["ours"] == pytest.approx(
-        100 * again.metrics["val"]["accuracy"])
+        100 * again.metrics["test"]["accuracy"])
+    for key in ("accuracy", "confusion"):  # the test set, also the per-epoch monitor ("val")
+        assert again.metrics["test"][key] == again.metrics["val"][key]
 
 
 def test_reorder_confusion():

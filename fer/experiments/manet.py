@@ -555,6 +555,11 @@ def run_model(setup: Setup, data: ChapterData, key: str, *, pretrained: bool = T
 
     ``pretrained``: VGG-Face (``paper``) or its SynFER stand-in (``face``, trained here when
     not given). ``dataset`` picks the RAF-DB or CK+ schedule; ``tag`` names the fold.
+
+    The run is tested on ``data.test`` under the name ``"test"``, as every chapter's runs
+    are. The paper has no validation set; its test set is also the run's per-epoch monitor
+    (``val_ds``: the ``val_*`` columns of the history, e.g. RASnet's stage-1 loss on
+    held-out faces), which leaves the training exactly as it was.
     """
     name = MODELS[key]
     seed = setup.seed0 if seed is None else seed
@@ -577,8 +582,8 @@ def run_model(setup: Setup, data: ChapterData, key: str, *, pretrained: bool = T
     spec = {"model": name, "weights": weights, "width": setup.width, "face_run": face_name,
             "mask_source": mask_source, **_bn_kw(setup.batch_norm)}
     gt = mask_source == "gt"
-    return run(_run_name(setup, what), config, build, data.train, data.test, spec=spec,
-               losses={"mask": rasnet_loss} if config.stages else None, output_to_logits=output_to_logits,
+    return run(_run_name(setup, what), config, build, data.train, data.test, eval_sets={"test": data.test},
+               spec=spec, losses={"mask": rasnet_loss} if config.stages else None, output_to_logits=output_to_logits,
                forward_fn=manet_forward if gt else None, progress=progress)
 
 
@@ -618,14 +623,14 @@ def run_ck_folds(setup: Setup, ck: CkData, *, face: RunResult | None = None,
 
 def summed_confusion(runs: Sequence[RunResult]) -> np.ndarray:
     """Test confusion counts summed over runs (folds)."""
-    return np.sum([np.asarray(r.metrics["val"]["confusion"], dtype=np.int64) for r in runs], axis=0)
+    return np.sum([np.asarray(r.metrics["test"]["confusion"], dtype=np.int64) for r in runs], axis=0)
 
 
 # =========================================================================== tables
 
 
 def _acc(res: RunResult | None) -> float | None:
-    return None if res is None else 100.0 * float(res.metrics["val"]["accuracy"])
+    return None if res is None else 100.0 * float(res.metrics["test"]["accuracy"])
 
 
 def table3(results: Mapping[tuple[str, bool], Sequence[RunResult]], setup: Setup) -> list[dict[str, Any]]:
