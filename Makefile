@@ -3,6 +3,7 @@
 #
 #   make book                     demo profile on SynFER (the default)
 #   make book PROFILE=paper DATA_ROOT=/data/fer ONLY='book/manet/*'
+#   make book PROFILE=paper DATA_ROOT=/data/fer DRY_RUN=1   the whole paper path in minutes, on a CPU
 #   make test                     pytest: unit tests + nbval over book/ (smoke profile)
 #   make bench                    every benchmarks/bench_*.py -> _build/bench
 #   make lab                      JupyterLab on book/ with this environment's kernel
@@ -20,6 +21,7 @@ STAMP     := $(VENV)/.fer-installed
 PROFILE   ?= demo
 DATA_ROOT ?=
 ONLY      ?=
+DRY_RUN   ?=
 BOOK_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_OUT ?= _build/bench
@@ -46,7 +48,8 @@ $(STAMP): pyproject.toml
 book: $(STAMP)
 	$(VPY) -m fer.book --profile $(PROFILE) \
 		$(if $(DATA_ROOT),--data-root '$(DATA_ROOT)') \
-		$(if $(ONLY),--only '$(ONLY)') $(if $(DEVICE),--device '$(DEVICE)') $(BOOK_ARGS)
+		$(if $(ONLY),--only '$(ONLY)') $(if $(DEVICE),--device '$(DEVICE)') \
+		$(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(BOOK_ARGS)
 
 test: $(STAMP)
 	$(VPY) -m pytest $(PYTEST_ARGS)

@@ -74,6 +74,14 @@ marked ``failed`` / ``not-run`` pages, which render as such.
 
 Pages state what produced their numbers with :func:`fer.pages.banner`.
 
+``--dry-run`` checks a path before it costs GPU days (``--profile paper --data-root DIR``):
+every page executes with the profile's real settings, loaders and weight-loading code, but
+each training stage stops after a few optimiser steps of a small batch and each evaluation
+after a few batches (``FER_DRY_RUN=1``, read by :mod:`fer.train`); a pretrained file that
+is missing is listed, with where to get it, and replaced by random weights
+(:func:`fer.models.missing_weights`). Its runs go to ``_build/dry-run/runs`` and nothing
+enters a cache; every page's banner says it was a dry run.
+
 Notebooks left out by ``--only`` are staged from a valid cache entry when there is
 one, otherwise unexecuted and marked ``not-run``; the report marks them ``"skipped"``.
 """
@@ -216,6 +224,11 @@ class BookPaths:
     def report(self) -> Path:
         """The JSON run report."""
         return self.build / "book-report.json"
+
+    @property
+    def dry_runs(self) -> Path:
+        """Where a dry run's training runs go (emptied at its start; never the runs cache)."""
+        return self.build / "dry-run" / "runs"
 
 
 @dataclass
@@ -511,9 +524,15 @@ def stage_sources(paths: BookPaths, pages: Sequence[Path]) -> None:
 
 
 @contextlib.contextmanager
-def _kernel_environment(profile: str, device: str = "auto", root: Path | None = None) -> Iterator[None]:
-    """Set the environment the kernels inherit; restore it afterwards."""
+def _kernel_environment(profile: str, device: str = "auto", root: Path | None = None,
+                        dry_runs: Path | None = None) -> Iterator[None]:
+    """Set the environment the kernels inherit; restore it afterwards.
+
+    ``dry_runs``: a dry run, whose training runs go to that folder (``FER_RUNS``).
+    """
     updates = dict(_KERNEL_ENV, FER_PROFILE=profile, FER_DEVICE=device)
+    if dry_runs is not None:
+        updates.update(FER_DRY_RUN="1", FER_RUNS=str(dry_runs))
     if root is not None:
         updates[ROOT_ENV] = str(root)  # where ``Setup.for_profile`` reads book/profiles.yml
     saved = {name: os.environ.get(name) for name in updates}
@@ -574,6 +593,7 @@ def _plan(
     only: str | None,
     package_dir: Path,
     device: str | None = None,
+    dry_run: bool = False,
 ) -> list[_Job]:
     """Check every notebook's parameters and compute its cache key, before running any."""
     profiles = load_profiles(paths.root, profile)
@@ -589,6 +609,8 @@ def _plan(
         # The page reads its chapter's entry itself (``Setup.for_profile``): key on it too.
         chapter = chapter_of(rel)
         keyed = {**params, "chapter setup": chapters.get(chapter)} if chapter in chapters else params
+        if dry_run:  # never the key of a real execution: a later real run re-executes the page
+            keyed = {**keyed, "dry run": True}
         key = cache_key(path.read_bytes(), keyed, profile, pkg_fp, env_fp)
         jobs.append(_Job(rel, params, key, _matches(rel, only)))
     if only is not None and not any(job.selected for job in jobs):
@@ -611,11 +633,15 @@ _NOT_SELECTED = ("it was left out by --only and no cached execution matches its 
                  "source and parameters")
 
 
-def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: bool) -> NotebookResult:
-    """Stage one notebook: from the cache, by executing it, or (not selected) marked ``not-run``."""
+def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: bool,
+             dry_run: bool = False) -> NotebookResult:
+    """Stage one notebook: from the cache, by executing it, or (not selected) marked ``not-run``.
+
+    A dry run neither reads nor writes the cache: its numbers are not results.
+    """
     result = NotebookResult(job.rel.as_posix(), profile, job.parameters, key=job.key)
     dest = paths.src / job.rel
-    hit = None if force and job.selected else _cache_lookup(paths, profile, job.rel, job.key)
+    hit = None if (force and job.selected) or dry_run else _cache_lookup(paths, profile, job.rel, job.key)
     if hit is not None:
         _sync_file(hit, dest)
         result.cached, result.status = True, "cached"
@@ -629,7 +655,7 @@ def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: b
     dest.unlink(missing_ok=True)
     try:
         _execute(paths.root / job.rel, dest, job.parameters, progress)
-        _write_stamp(dest, _stamp(job, profile, "ok"))
+        _write_stamp(dest, _stamp(job, profile, "ok", **({"dry_run": True} if dry_run else {})))
     except NotebookFailed as exc:
         summary = str(exc).splitlines()[0]
         _stage_marked(dest, dest, _stamp(job, profile, "failed", error=summary),
@@ -637,11 +663,12 @@ def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: b
         raise
     finally:
         result.seconds = round(time.perf_counter() - start, 2)
-    _cache_store(paths, result, dest)
+    if not dry_run:
+        _cache_store(paths, result, dest)
     return result
 
 
-def _stamp(job: _Job, profile: str, status: str, **extra: str) -> dict[str, Any]:
+def _stamp(job: _Job, profile: str, status: str, **extra: Any) -> dict[str, Any]:
     """The ``fer_book`` metadata of ``job``'s staged notebook."""
     return {"status": status, "profile": profile, "key": job.key,
             "parameters": json.loads(json.dumps(job.parameters, default=str)), **extra}
@@ -870,8 +897,14 @@ def run_notebooks(
     jobs: int = 1,
     package_dir: Path | None = None,
     device: str | None = None,
+    dry_run: bool = False,
 ) -> list[NotebookResult]:
     """Stage every notebook of the book into ``paths.src``, executing where needed.
+
+    ``dry_run`` executes every selected notebook with ``FER_DRY_RUN=1`` (each training
+    stage capped at a few optimiser steps of a small batch, evaluations at a few batches,
+    missing pretrained weights replaced by random ones and listed) and its runs under
+    :attr:`BookPaths.dry_runs`, emptied first: nothing enters the runs or page caches.
 
     ``device`` (``None`` means ``"auto"`` without overriding ``profiles.yml``) goes to
     the notebooks that define ``device`` and into ``FER_DEVICE``.
@@ -884,7 +917,10 @@ def run_notebooks(
     package_dir = package_dir or Path(__file__).resolve().parent
     if device is not None and not _DEVICE.fullmatch(device):
         raise BookError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
-    plan = _plan(paths, notebooks, profile, data_root, only, package_dir, device)
+    plan = _plan(paths, notebooks, profile, data_root, only, package_dir, device, dry_run)
+    if dry_run:
+        shutil.rmtree(paths.dry_runs, ignore_errors=True)
+        paths.dry_runs.mkdir(parents=True)
     # Whatever an earlier run staged under another key (profile, parameters, sources) is
     # withdrawn first: if this run stops, those pages say they were not executed.
     for job in plan:
@@ -899,13 +935,14 @@ def run_notebooks(
         if stop.is_set():
             return None
         try:
-            return _run_one(paths, job, profile, force, progress=jobs == 1)
+            return _run_one(paths, job, profile, force, progress=jobs == 1, dry_run=dry_run)
         except NotebookFailed:
             stop.set()
             raise
 
     bar = tqdm(total=len(plan), desc=f"notebooks ({profile})", unit="nb")
-    env = _kernel_environment(profile, device or "auto", paths.root)
+    env = _kernel_environment(profile, device or "auto", paths.root,
+                              dry_runs=paths.dry_runs if dry_run else None)
     with env, concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = {pool.submit(work, job): job for job in plan}
         for future in concurrent.futures.as_completed(futures):
@@ -940,10 +977,12 @@ def write_report(
     results: Sequence[NotebookResult],
     seconds: float,
     build_seconds: float | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Write ``_build/book-report.json`` and return what was written."""
     report = {
         "profile": profile,
+        "dry_run": dry_run,
         "data_root": data_root,
         "notebooks": {r.notebook: r.to_json() for r in results},
         "notebook_seconds": round(sum(r.seconds for r in results), 2),
@@ -1046,6 +1085,10 @@ def _parser(prog: str = "python -m fer.book run") -> argparse.ArgumentParser:
                              "notebooks whose parameters cell defines it, and exported as "
                              "FER_DEVICE to the kernels")
     parser.add_argument("--force", action="store_true", help="ignore the execution cache")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the whole path in minutes: every training stage capped at a few steps of a "
+                             "small batch, evaluations at a few batches, missing pretrained weights listed and "
+                             "replaced by random ones; nothing is cached (use with --profile paper --data-root)")
     parser.add_argument("--no-build", action="store_true", help="execute, do not build the HTML")
     parser.add_argument("--strict", action="store_true", help="fail the build on any warning")
     parser.add_argument("--root", type=Path, default=None,
@@ -1130,8 +1173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_notebooks(
             paths, notebooks, args.profile, data_root=data_root, only=args.only,
             force=args.force, jobs=args.jobs, package_dir=args.package_dir, device=args.device,
+            dry_run=args.dry_run,
         )
-        write_report(paths, args.profile, data_root, results, time.perf_counter() - start)
+        write_report(paths, args.profile, data_root, results, time.perf_counter() - start, dry_run=args.dry_run)
         print(f"notebooks staged in {paths.src} ({time.perf_counter() - start:.1f} s)")
         if args.no_build:
             _report_withdrawn(prune_stale_html(paths, args.profile), paths)
@@ -1140,13 +1184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings = build_html(paths, strict=args.strict)
         build_seconds = time.perf_counter() - build_start
         write_report(paths, args.profile, data_root, results,
-                     time.perf_counter() - start, build_seconds)
+                     time.perf_counter() - start, build_seconds, dry_run=args.dry_run)
         print(f"book built in {build_seconds:.1f} s with {len(warnings)} warning(s): "
               f"{paths.html / 'index.html'}")
         return 0
     except NotebookFailed as exc:
         if paths is not None:
-            write_report(paths, args.profile, data_root, exc.results, time.perf_counter() - start)
+            write_report(paths, args.profile, data_root, exc.results, time.perf_counter() - start,
+                         dry_run=args.dry_run)
         print(f"error: {exc}", file=sys.stderr)
         print("error: the HTML was not built; the failed notebook is staged marked as "
               "failed, not as its last successful run", file=sys.stderr)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from .models._hub import dry_run, missing_weights
+
 __all__ = ["banner"]
 
 
@@ -41,9 +43,21 @@ def banner(
     if "synfer" in str(data).lower():
         note = ("\n<p>SynFER numbers are measured on synthetic stand-ins: they are not a "
                 "reproduction of any paper's table.</p>")
+    kind, title = "note", "How this page's numbers were made"
+    if dry_run():
+        kind, title = "warning", "Dry run: these numbers mean nothing"
+        note += ("\n<p>This page ran as a <strong>dry run</strong> (<code>--dry-run</code>): every training "
+                 "stage stopped after a few optimiser steps of a small batch and every evaluation after a few "
+                 "batches. It checks that the data, weights and code carry the real run; its numbers are "
+                 "not results.</p>")
+        missing = missing_weights()
+        if missing:
+            listed = "".join(f"<li><code>{escape(f)}</code>: {escape(m.splitlines()[-1])}</li>"
+                             for f, m in missing.items())
+            note += f"\n<p>Missing pretrained weights, replaced by random ones:</p>\n<ul>{listed}</ul>"
     return HTML(
-        '<div class="admonition note fer-banner">\n'
-        '<p class="admonition-title">How this page\'s numbers were made</p>\n'
+        f'<div class="admonition {kind} fer-banner">\n'
+        f'<p class="admonition-title">{escape(title)}</p>\n'
         f"<ul>\n{items}\n</ul>{note}\n</div>"
     )
 
