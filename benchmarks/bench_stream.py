@@ -116,7 +116,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from fer.data import load_dataset
     from fer.models import create_model
-    from fer.train import TrainConfig, _make_loader, cache_dataset, fit
+    from fer.data.cached import cache_dataset, make_loader
+    from fer.train import TrainConfig, fit
 
     torch.manual_seed(args.seed)
     ds = load_dataset("affectnet", args.root, "train", image_size=args.size)
@@ -140,7 +141,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     fit(model, cached, None, cfg, progress=False)
     train = time.perf_counter() - t0
 
-    loader = _make_loader(cached, batch_size=args.batch, shuffle=True, seed=args.seed + 1, num_workers=args.workers,
+    loader = make_loader(cached, batch_size=args.batch, shuffle=True, seed=args.seed + 1, num_workers=args.workers,
                           drop_last=False, pin_memory=False)
     t0, seen = time.perf_counter(), 0
     for batch in loader:
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args)))
         return 0
 
-    from fer.train import atomic_write_json
+    from fer.io import atomic_write_json
 
     t_start = time.perf_counter()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_stream_"))

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from fer.data import SynFER
 from fer.data.synfer import VARIANTS, throughput
-from fer.train import atomic_write_json
+from fer.io import atomic_write_json
 
 
 def _loader_rate(variant: str, size: int, n: int, workers: int) -> float:

@@ -62,16 +62,10 @@ from torchvision import transforms as T
 
 from fer.data import SynFER
 from fer.models import create_model
-from fer.train import (
-    CachedDataset,
-    InputTransform,
-    TrainConfig,
-    atomic_write_json,
-    cache_dataset,
-    collate_items,
-    fit,
-    make_accelerator,
-)
+from fer.data.cached import CachedDataset, cache_dataset, collate_items
+from fer.data.transforms import InputTransform
+from fer.io import atomic_write_json
+from fer.train import TrainConfig, fit, make_accelerator
 
 MEAN = (0.5, 0.5, 0.5)  # TrainConfig's default normalisation, used by both paths
 STD = (0.5, 0.5, 0.5)

@@ -37,6 +37,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torch.nn import functional as F
 
+from .data.transforms import InputTransform
+
 __all__ = [
     "CAM_METHODS",
     "SingleOutput",
@@ -189,10 +191,11 @@ def prepare_images(images: Images, *, preprocess: Callable[[torch.Tensor], torch
 
     ``uint8`` input is first scaled to [0, 1]. Then ``preprocess`` (a callable on
     the batch, e.g. a torchvision ``Normalize`` or a model's own transform) or
-    ``mean``/``std`` (per-channel, for [0, 1] images) is applied. Raises if
-    ``uint8`` images come with neither, since raw [0, 1] pixels would silently
-    differ from what the model was trained on; pass ``mean=(0,)*3, std=(1,)*3``
-    for models trained on plain [0, 1] images.
+    ``mean``/``std`` (per-channel, for [0, 1] images; through the training loop's
+    :class:`fer.data.transforms.InputTransform`) is applied. Raises if ``uint8``
+    images come with neither, since raw [0, 1] pixels would silently differ from
+    what the model was trained on; pass ``mean=(0,)*3, std=(1,)*3`` for models
+    trained on plain [0, 1] images.
     """
     x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
     if x.ndim == 3:
@@ -203,22 +206,19 @@ def prepare_images(images: Images, *, preprocess: Callable[[torch.Tensor], torch
         raise ValueError("pass either preprocess or mean/std, not both")
     if (mean is None) != (std is None):
         raise ValueError("mean and std go together; pass both or neither")
-    was_uint8 = x.dtype == torch.uint8
-    if was_uint8:
+    if x.dtype == torch.uint8:
         if preprocess is None and mean is None:
             raise ValueError("uint8 images need normalising for the model: pass preprocess=<callable> or "
                              "mean=..., std=... (the model's training statistics)")
-        x = x.float() / 255.0
     elif not x.is_floating_point():
         raise ValueError(f"images must be uint8 or float, got {x.dtype}")
     if preprocess is not None:
-        x = preprocess(x)
-    elif mean is not None:
-        m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        if m.shape[1] != x.shape[1] or s.shape[1] != x.shape[1]:
-            raise ValueError(f"mean/std have {m.shape[1]}/{s.shape[1]} values for {x.shape[1]} channels")
-        x = (x - m) / s
+        return preprocess(x.float() / 255.0 if x.dtype == torch.uint8 else x).float()
+    if mean is not None:
+        m, s = torch.as_tensor(mean).reshape(-1), torch.as_tensor(std).reshape(-1)
+        if len(m) != x.shape[1] or len(s) != x.shape[1]:
+            raise ValueError(f"mean/std have {len(m)}/{len(s)} values for {x.shape[1]} channels")
+        return InputTransform(m.tolist(), s.tolist())({"image": x})["image"]  # the training loop's normalisation
     return x.float()
 
 

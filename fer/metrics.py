@@ -1,7 +1,7 @@
-"""Classification metrics as the papers report them, computed with torchmetrics.
+"""Classification metrics as the papers report them, from torchmetrics' confusion counts.
 
 The papers quote two numbers: **accuracy** (share of correctly classified test
-images, torchmetrics ``MulticlassAccuracy(average="micro")``) and **average
+images, what torchmetrics calls ``MulticlassAccuracy(average="micro")``) and **average
 accuracy** (the mean over classes of each class's accuracy, i.e. of its recall;
 also called mean class accuracy or balanced accuracy). Both, the per-class
 accuracies, and the confusion matrix (counts and row-normalised) are here, and
@@ -24,6 +24,14 @@ A class with no target sample has no defined accuracy (0 of 0). Here:
   neither). On a full test set every class is present and the two agree;
 * its row of the row-normalised confusion matrix is ``nan`` (``None`` in the
   report), while its column still counts the samples wrongly predicted as it.
+
+One implementation
+------------------
+The counts come from torchmetrics (``MulticlassConfusionMatrix``); every rate is then
+computed from them in float64 (torchmetrics' own rates are float32), so
+:func:`accuracy`, :func:`mean_class_accuracy`, :func:`classification_report` and
+:func:`fer.train.evaluate` (through :func:`evaluation_metrics`) give the same numbers to
+the last bit.
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 __all__ = [
     "accuracy",
@@ -40,6 +48,7 @@ __all__ = [
     "per_class_accuracy",
     "confusion_matrix",
     "classification_report",
+    "evaluation_metrics",
 ]
 
 
@@ -86,8 +95,26 @@ def _prepare(preds_or_logits: Any, targets: Any, num_classes: int | None) -> tup
     return preds, tgt, num_classes
 
 
+def _counts(preds: torch.Tensor, tgt: torch.Tensor, k: int) -> torch.Tensor:
+    """``k x k`` int64 confusion counts (rows true, columns predicted) of valid class indices."""
+    if len(tgt) == 0:
+        return torch.zeros((k, k), dtype=torch.int64)
+    return MulticlassConfusionMatrix(num_classes=k)(preds, tgt).long()
+
+
+def _rates(counts: torch.Tensor, n: int) -> tuple[float, torch.Tensor, float]:
+    """Accuracy over ``n`` samples, per-class accuracy (float64, ``nan`` where a class has no sample)
+    and their mean over the classes present, all from ``counts``."""
+    support = counts.sum(1)
+    per_class = counts.diagonal().double() / support.clamp(min=1).double()
+    present = support > 0
+    acc = float(counts.diagonal().sum().double() / n) if n else float("nan")
+    mean = float(per_class[present].mean()) if present.any() else float("nan")
+    return acc, torch.where(present, per_class, torch.full_like(per_class, float("nan"))), mean
+
+
 def accuracy(preds_or_logits: Any, targets: Any, *, num_classes: int | None = None) -> float:
-    """Share of samples whose prediction equals the target (``MulticlassAccuracy(average="micro")``).
+    """Share of samples whose prediction equals the target (micro accuracy).
 
     Args:
         preds_or_logits: ``N`` class indices or ``N x C`` scores.
@@ -95,20 +122,17 @@ def accuracy(preds_or_logits: Any, targets: Any, *, num_classes: int | None = No
         num_classes: required with class indices; taken from the scores' width otherwise.
     """
     preds, tgt, k = _prepare(preds_or_logits, targets, num_classes)
-    return float(MulticlassAccuracy(num_classes=k, average="micro")(preds, tgt))
+    return _rates(_counts(preds, tgt, k), len(tgt))[0]
 
 
 def per_class_accuracy(preds_or_logits: Any, targets: Any, *, num_classes: int | None = None) -> np.ndarray:
     """Accuracy (recall) of each class, a float array of length ``C``; ``nan`` for classes absent from ``targets``.
 
-    Uses ``MulticlassAccuracy(average="none")`` and marks absent classes, which
-    torchmetrics reports as 0, as ``nan``.
+    The diagonal of the confusion counts over each class's support; torchmetrics'
+    ``MulticlassAccuracy(average="none")`` reports absent classes as 0 instead.
     """
     preds, tgt, k = _prepare(preds_or_logits, targets, num_classes)
-    acc = MulticlassAccuracy(num_classes=k, average="none")(preds, tgt).double().numpy()
-    support = np.bincount(tgt.numpy(), minlength=k)
-    acc[support == 0] = np.nan
-    return acc
+    return _rates(_counts(preds, tgt, k), len(tgt))[1].numpy()
 
 
 def mean_class_accuracy(preds_or_logits: Any, targets: Any, *, num_classes: int | None = None) -> float:
@@ -117,8 +141,8 @@ def mean_class_accuracy(preds_or_logits: Any, targets: Any, *, num_classes: int 
     With every class present this equals ``MulticlassAccuracy(average="macro")``;
     see the module docstring for absent classes.
     """
-    acc = per_class_accuracy(preds_or_logits, targets, num_classes=num_classes)
-    return float(np.nanmean(acc))
+    preds, tgt, k = _prepare(preds_or_logits, targets, num_classes)
+    return _rates(_counts(preds, tgt, k), len(tgt))[2]
 
 
 def confusion_matrix(preds_or_logits: Any, targets: Any, *, num_classes: int | None = None,
@@ -131,8 +155,31 @@ def confusion_matrix(preds_or_logits: Any, targets: Any, *, num_classes: int | N
             sum to 1; rows of classes absent from ``targets`` are ``nan``).
     """
     preds, tgt, k = _prepare(preds_or_logits, targets, num_classes)
-    counts = MulticlassConfusionMatrix(num_classes=k)(preds, tgt).long().numpy()
+    counts = _counts(preds, tgt, k).numpy()
     return _row_normalise(counts) if normalise else counts
+
+
+def evaluation_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """The metrics of a :func:`fer.train.evaluate` result, from ``N x K`` scores and ``N`` targets.
+
+    Returns ``accuracy``, ``mean_class_accuracy`` (over the classes present),
+    ``per_class_accuracy`` (list of floats, ``None`` for an absent class), ``confusion``
+    (``K x K`` int64 tensor, rows true) and ``predictions`` (the arg-max, int64). A
+    target outside ``0..K-1`` counts as a wrong prediction and is left out of the
+    confusion matrix; with no sample at all the rates are ``nan``.
+    """
+    k = logits.shape[1]
+    preds = logits.argmax(1)
+    valid = (targets >= 0) & (targets < k)
+    counts = _counts(preds[valid], targets[valid], k)
+    acc, per_class, mean = _rates(counts, len(targets))
+    return {
+        "accuracy": acc,
+        "mean_class_accuracy": mean,
+        "per_class_accuracy": [None if math.isnan(a) else float(a) for a in per_class.tolist()],
+        "confusion": counts,
+        "predictions": preds,
+    }
 
 
 def _row_normalise(counts: np.ndarray) -> np.ndarray:
@@ -170,14 +217,15 @@ def classification_report(preds_or_logits: Any, targets: Any, classes: Sequence[
     """
     classes = [str(c) for c in classes]
     preds, tgt, k = _prepare(preds_or_logits, targets, len(classes))
-    counts = confusion_matrix(preds, tgt, num_classes=k)
+    count_t = _counts(preds, tgt, k)
+    acc, per_class_t, mean = _rates(count_t, len(tgt))
+    counts, per_class = count_t.numpy(), per_class_t.numpy()
     support = counts.sum(axis=1)
-    per_class = per_class_accuracy(preds, tgt, num_classes=k)
     return {
         "num_samples": int(len(tgt)),
         "classes": classes,
-        "accuracy": accuracy(preds, tgt, num_classes=k),
-        "mean_class_accuracy": float(np.nanmean(per_class)),
+        "accuracy": acc,
+        "mean_class_accuracy": mean,
         "per_class_accuracy": {c: _json_float(a) for c, a in zip(classes, per_class.tolist())},
         "support": {c: int(s) for c, s in zip(classes, support.tolist())},
         "absent_classes": [c for c, s in zip(classes, support.tolist()) if s == 0],

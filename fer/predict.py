@@ -102,21 +102,15 @@ from .data.landmarks.backends import _dlib_models, dlib_model_path
 from .data.masks import M_FER_CLASSES, MU_CLASSES, face_mask, region_masks, resize_mask
 from .data.synfer import SynFER
 from .data.synfer.variants import VARIANTS, get_variant
+from .data.transforms import InputTransform
 from .explain import cam, capture
+from .io import CHECKPOINT_FILE, atomic_write_bytes, atomic_write_json, load_weights
 from .layers import CbamModule
 from .models import create_model
 from .models.manet import mask_side
 from .models.mapnet import MapNet, MaskChannelInput
 from .runs import Run
-from .train import (
-    CHECKPOINT_FILE,
-    InputTransform,
-    TrainConfig,
-    atomic_write_bytes,
-    atomic_write_json,
-    default_output_to_logits,
-    load_weights,
-)
+from .train import TrainConfig, default_output_to_logits
 
 __all__ = [
     "DEFAULT_UPSAMPLE",

@@ -43,26 +43,22 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from . import PACKAGE_DIR, REPO_ROOT, __version__
 from ._hashing import package_fingerprint
+from .io import CHECKPOINT_FILE, HISTORY_FILE, atomic_write_json, load_checkpoint, save_checkpoint
+from .io import jsonable as _jsonable
 from .train import (
-    CHECKPOINT_FILE,
-    HISTORY_FILE,
     ForwardFn,
     History,
     LossFn,
     OutputToLogits,
     TrainConfig,
-    _jsonable,
-    _use_bf16,
-    atomic_write_json,
     default_output_to_logits,
     evaluate,
     fit,
-    load_checkpoint,
     metrics_summary,
-    save_checkpoint,
     seed_everything,
     use_cpu,
 )
+from .train import use_bf16 as _use_bf16
 
 __all__ = [
     "Run",

@@ -17,14 +17,15 @@ What the papers need, and where it lives:
   :func:`unfreeze_stages`, :func:`apply_stage`;
 * class-weighted losses, equation (5) of the VGG16 + CBAM paper:
   :func:`class_weights_inverse`;
-* a data pipeline that is not the bottleneck: :func:`cache_dataset` renders or decodes a
-  dataset once into an in-memory uint8 tensor (or, over the memory budget, into an on-disk
-  store read by rows: :class:`StreamedDataset`); conversion to float, normalisation
-  and augmentation (flip, shift) happen on the device (:class:`InputTransform`);
+* a data pipeline that is not the bottleneck: datasets are decoded once
+  (:func:`fer.data.cached.cache_dataset`) and turned into model input on the device
+  (:class:`fer.data.transforms.InputTransform`: float, resize, flip, shift, normalise);
 * results that survive a crash: with ``run_dir`` set, :func:`fit` writes
-  ``history.jsonl`` and ``checkpoint.pt`` atomically after every epoch and resumes
-  from the checkpoint; on CPU a resumed run ends bit-identical to an uninterrupted
-  one. :mod:`fer.runs` builds the run cache on top.
+  ``history.jsonl`` and ``checkpoint.pt`` atomically (:mod:`fer.io`) after every epoch and
+  resumes from the checkpoint; on CPU a resumed run ends bit-identical to an
+  uninterrupted one. :mod:`fer.runs` builds the run cache on top;
+* the papers' metrics (accuracy, mean class accuracy, confusion matrix):
+  :func:`fer.metrics.evaluation_metrics`, the one implementation.
 
 Model outputs may be a tensor, a dict or a dataclass: ``output_to_logits`` picks the
 class scores (:func:`default_output_to_logits`) and a loss function receives
@@ -33,7 +34,8 @@ fit the same loop.
 
 Example::
 
-    from fer.train import TrainConfig, cache_dataset, fit, evaluate
+    from fer.data.cached import cache_dataset
+    from fer.train import TrainConfig, evaluate, fit
     cfg = TrainConfig(epochs=20, optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4,
                       schedule="step", step_size=4, gamma=0.1, hflip=True, class_weights="inverse")
     history = fit(model, cache_dataset(train_ds), cache_dataset(val_ds), cfg, run_dir="runs/demo")
@@ -43,17 +45,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import io
 import json
 import logging
 import math
 import os
 import random
-import shutil
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -63,12 +60,27 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ._progress import bar_disabled
+from .data.cached import as_item, bar_kwargs, derive_seed, make_loader
+from .data.transforms import PAD_MODES, InputTransform
+from .io import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    HISTORY_FILE,
+    CheckpointError,
+    atomic_write_text,
+    clean_temp_files,
+    get_rng_state,
+    jsonable,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from .losses import inverse_frequency_weights as class_weights_inverse  # equation (5), kept here for callers
+from .metrics import evaluation_metrics
 
 __all__ = [
     # configuration
@@ -85,13 +97,9 @@ __all__ = [
     "count_labels",
     "default_output_to_logits",
     "logits_loss",
-    # data
-    "CachedDataset",
-    "StreamedDataset",
-    "cache_dataset",
-    "cached_fingerprint",
-    "collate_items",
-    "InputTransform",
+    "LossFn",
+    "OutputToLogits",
+    "ForwardFn",
     # pieces of the loop
     "seed_everything",
     "apply_stage",
@@ -101,34 +109,15 @@ __all__ = [
     "lr_factor",
     "make_accelerator",
     "use_cpu",
-    # files
-    "CheckpointError",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "atomic_write_json",
-    "clean_temp_files",
-    "save_checkpoint",
-    "load_checkpoint",
-    "load_weights",
-    "get_rng_state",
-    "set_rng_state",
-    "CHECKPOINT_FILE",
-    "HISTORY_FILE",
+    "use_bf16",
 ]
 
 log = logging.getLogger(__name__)
-
-#: File names inside a run directory.
-CHECKPOINT_FILE = "checkpoint.pt"
-HISTORY_FILE = "history.jsonl"
-#: Version tag stored in every checkpoint.
-CHECKPOINT_FORMAT = "fer.train/1"
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
 SCHEDULE_UNITS = ("epoch", "iteration")
 PRECISIONS = ("auto", "bf16", "fp32")
-PAD_MODES = ("constant", "reflect", "replicate")
 
 #: A loss on a whole batch: ``loss_fn(outputs, batch) -> scalar tensor``. ``batch`` is
 #: the collated item dict on the device, with ``image`` already normalised.
@@ -355,7 +344,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self, *, runtime: bool = True) -> dict[str, Any]:
         """Plain JSON types; ``runtime=False`` drops :attr:`RUNTIME_FIELDS`."""
-        d = _jsonable(dataclasses.asdict(self))
+        d = jsonable(dataclasses.asdict(self))
         if not runtime:
             for k in self.RUNTIME_FIELDS:
                 d.pop(k, None)
@@ -438,19 +427,13 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> int:
     return seed
 
 
-def _derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any parts (stable across processes and Python versions)."""
-    blob = json.dumps([str(p) for p in parts]).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
-
-
 def _labels_of(ds: Any) -> np.ndarray:
     targets = getattr(ds, "targets", None)
     if targets is not None:
         return np.asarray(targets() if callable(targets) else targets, dtype=np.int64)
     if isinstance(ds, torch.utils.data.Subset):
         return _labels_of(ds.dataset)[np.asarray(ds.indices, dtype=np.int64)]
-    return np.asarray([_as_item(ds[i])["label"] for i in range(len(ds))], dtype=np.int64)
+    return np.asarray([as_item(ds[i])["label"] for i in range(len(ds))], dtype=np.int64)
 
 
 def count_labels(ds: Dataset, num_classes: int | None = None) -> torch.Tensor:
@@ -509,492 +492,6 @@ def _as_batch_loss(loss: Any, output_to_logits: OutputToLogits) -> LossFn:
 
 def _default_forward(module: nn.Module, batch: Mapping[str, Any]) -> Any:
     return module(batch["image"])
-
-
-# =========================================================================== data
-
-
-def _as_item(x: Any) -> Mapping[str, Any]:
-    if isinstance(x, Mapping):
-        return x
-    if isinstance(x, (tuple, list)) and len(x) == 2:  # torchvision-style (image, label)
-        return {"image": x[0], "label": x[1]}
-    raise TypeError(f"dataset items must be dicts with 'image' (uint8 3 x H x W) and 'label' (int), "
-                    f"or (image, label) pairs; got {type(x).__name__}")
-
-
-def _collate_values(values: list[Any]) -> Any:
-    v0 = values[0]
-    if isinstance(v0, np.ndarray):
-        values = [torch.from_numpy(np.asarray(v)) for v in values]
-        v0 = values[0]
-    if isinstance(v0, torch.Tensor):
-        if all(isinstance(v, torch.Tensor) and v.shape == v0.shape for v in values):
-            return torch.stack(values)
-        return list(values)
-    if isinstance(v0, (bool, int, float, np.integer, np.floating)) and \
-            all(isinstance(v, (bool, int, float, np.integer, np.floating)) for v in values):
-        return torch.tensor(np.asarray(values))
-    if isinstance(v0, Mapping):
-        keys = [k for k in v0 if all(isinstance(v, Mapping) and k in v for v in values)]
-        return {k: _collate_values([v[k] for v in values]) for k in keys}
-    return list(values)
-
-
-def collate_items(items: Sequence[Any] | Mapping[str, Any]) -> dict[str, Any]:
-    """Collate item dicts into a batch dict.
-
-    Keys present in every item are kept: equal-shaped tensors are stacked, numbers
-    become a tensor, dicts (``meta``) are collated key by key, anything else becomes a
-    list. A batch that is already a dict (from :meth:`CachedDataset.__getitems__`)
-    passes through. ``(image, label)`` pairs are accepted too.
-    """
-    if isinstance(items, Mapping):
-        return dict(items)
-    dicts = [_as_item(x) for x in items]
-    keys = [k for k in dicts[0] if all(k in d for d in dicts)]
-    return {k: _collate_values([d[k] for d in dicts]) for k in keys}
-
-
-class CachedDataset(Dataset):
-    """A dataset held in memory as stacked tensors (uint8 images, int64 labels, ...).
-
-    Made by :func:`cache_dataset`. Items are dicts like the source's (only the cached
-    keys); :meth:`__getitems__` returns a whole batch with one indexing operation, so
-    a ``DataLoader`` over it costs next to nothing. ``targets``, ``classes``,
-    ``class_counts`` and ``fingerprint()`` follow the source dataset.
-    """
-
-    def __init__(self, tensors: Mapping[str, torch.Tensor], *, classes: Sequence[str] | None = None,
-                 source_fingerprint: str | None = None, name: str = "") -> None:
-        if "image" not in tensors or "label" not in tensors:
-            raise ValueError(f"CachedDataset needs 'image' and 'label' tensors, got {sorted(tensors)}")
-        n = len(tensors["label"])
-        bad = {k: len(v) for k, v in tensors.items() if len(v) != n}
-        if bad:
-            raise ValueError(f"CachedDataset tensors differ in length: label has {n}, {bad}")
-        self.tensors: dict[str, torch.Tensor] = dict(tensors)
-        self.classes = tuple(classes) if classes is not None else None
-        self.source_fingerprint = source_fingerprint
-        self.name = name
-        self._fingerprint: str | None = None
-
-    @property
-    def images(self) -> torch.Tensor:
-        return self.tensors["image"]
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self.tensors["label"]
-
-    @property
-    def targets(self) -> list[int]:
-        return self.labels.tolist()
-
-    @property
-    def class_counts(self) -> dict[str, int]:
-        k = len(self.classes) if self.classes is not None else int(self.labels.max()) + 1
-        counts = torch.bincount(self.labels, minlength=k).tolist()
-        names = self.classes if self.classes is not None else [str(i) for i in range(k)]
-        return dict(zip(names, counts, strict=True))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {k: v[i] for k, v in self.tensors.items()}
-        item["label"] = int(item["label"])
-        return item
-
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return {k: v[idx] for k, v in self.tensors.items()}
-
-    def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> CachedDataset:
-        """The samples at ``indices`` (e.g. a cross-validation fold), still cached."""
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        fp = self.fingerprint()
-        sub_fp = hashlib.sha256((fp + ":" + ",".join(map(str, idx.tolist()))).encode()).hexdigest()[:16]
-        return CachedDataset({k: v[idx] for k, v in self.tensors.items()}, classes=self.classes,
-                             source_fingerprint=sub_fp, name=self.name)
-
-    def fingerprint(self) -> str:
-        """The source's fingerprint and the cached keys; without one, a hash of the tensors."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            digest.update(json.dumps(sorted(self.tensors)).encode())
-            if self.source_fingerprint is not None:
-                digest.update(self.source_fingerprint.encode())
-            else:
-                for k in sorted(self.tensors):
-                    t = self.tensors[k].contiguous()
-                    digest.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-                    digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-            self._fingerprint = digest.hexdigest()[:16]
-        return self._fingerprint
-
-    def __repr__(self) -> str:
-        shapes = ", ".join(f"{k}={tuple(v.shape)}:{str(v.dtype).replace('torch.', '')}"
-                           for k, v in self.tensors.items())
-        return f"CachedDataset({self.name or 'cached'}, n={len(self)}, {shapes})"
-
-
-def _fingerprint_of(ds: Any) -> str | None:
-    fn = getattr(ds, "fingerprint", None)
-    return str(fn()) if callable(fn) else None
-
-
-def cached_fingerprint(keys: Iterable[str], source_fingerprint: str) -> str:
-    """What ``fingerprint()`` of a :class:`CachedDataset` with these keys and source fingerprint is."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps(sorted(keys)).encode())
-    digest.update(source_fingerprint.encode())
-    return digest.hexdigest()[:16]
-
-
-class StreamedDataset(CachedDataset):
-    """A :class:`CachedDataset` whose arrays stay on disk (:class:`fer.data.stream.ArrayStore`).
-
-    Made by :func:`cache_dataset` when a dataset does not fit its memory budget. Items,
-    batches (:meth:`__getitems__`), ``targets``, ``class_counts``, :meth:`subset` and
-    :meth:`fingerprint` are those of the in-memory :class:`CachedDataset` of the same
-    data; batches are read from the store's files by rows, so a training epoch's memory
-    is a few batches whatever the dataset's size. ``tensors`` (and ``images``) map the
-    files (``numpy.memmap``): fine for a look, but pages read that way stay resident.
-    """
-
-    def __init__(self, store: Any, *, classes: Sequence[str] | None = None, source_fingerprint: str | None = None,
-                 name: str = "", index: np.ndarray | None = None) -> None:
-        if "image" not in store.columns or "label" not in store.columns:
-            raise ValueError(f"StreamedDataset needs 'image' and 'label' columns, {store} has {sorted(store.columns)}")
-        self.store = store
-        self.index = None if index is None else np.asarray(index, dtype=np.int64)
-        self.classes = tuple(classes) if classes is not None else None
-        self.source_fingerprint = source_fingerprint
-        self.name = name
-        self._fingerprint = None
-
-    @property
-    def tensors(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        if self.index is None:
-            return {k: torch.from_numpy(self.store.memmap(k)) for k in self.store.columns}
-        return {k: torch.from_numpy(self.store.read(k, self.index)) for k in self.store.columns}
-
-    @property
-    def labels(self) -> torch.Tensor:
-        rows = self.index if self.index is not None else np.arange(self.store.n)
-        return torch.from_numpy(self.store.read("label", rows))
-
-    def __len__(self) -> int:
-        return self.store.n if self.index is None else len(self.index)
-
-    def _rows(self, indices: Any) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = len(self)
-        if len(idx) and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} samples")
-        idx = idx % n if n else idx
-        return self.index[idx] if self.index is not None else idx
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        rows = self._rows([int(i)])
-        item: dict[str, Any] = {k: torch.from_numpy(self.store.read(k, rows))[0] for k in self.store.columns}
-        item["label"] = int(item["label"])
-        return item
-
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        rows = self._rows(indices)
-        return {k: torch.from_numpy(self.store.read(k, rows)) for k in self.store.columns}
-
-    def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> StreamedDataset:
-        """The samples at ``indices``, still on disk (fingerprint as :meth:`CachedDataset.subset`)."""
-        idx = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
-        sub_fp = hashlib.sha256((self.fingerprint() + ":" + ",".join(map(str, idx.tolist()))).encode()
-                                ).hexdigest()[:16]
-        return StreamedDataset(self.store, classes=self.classes, source_fingerprint=sub_fp, name=self.name,
-                               index=self._rows(idx))
-
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            if self.source_fingerprint is None:
-                raise ValueError("a StreamedDataset needs a source fingerprint")
-            self._fingerprint = cached_fingerprint(self.store.columns, self.source_fingerprint)
-        return self._fingerprint
-
-    def __repr__(self) -> str:
-        cols = ", ".join(f"{k}={(len(self), *shape)}:{dt}" for k, (dt, shape) in self.store.columns.items())
-        return f"StreamedDataset({self.name or 'streamed'}, n={len(self)}, {cols}, store={str(self.store.folder)!r})"
-
-
-def _batch_arrays(batch: Mapping[str, Any], keys: Sequence[str], derive: Callable[[dict], dict] | None,
-                  what: str) -> dict[str, torch.Tensor]:
-    for k in keys:
-        if k not in batch:
-            raise KeyError(f"cache_dataset: items of {what} have no {k!r} (they have {sorted(batch)}); drop it "
-                           f"from keys=")
-        if not isinstance(batch[k], torch.Tensor):
-            raise ValueError(f"cache_dataset: {k!r} of {what} does not stack into one tensor (different shapes or "
-                             f"non-numeric values); give the dataset a fixed image_size, or leave {k!r} out of keys=")
-    out = {k: batch[k] for k in keys}
-    if derive is not None:
-        out = dict(derive(out))
-    out["label"] = out["label"].long()
-    return out
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:40] or "dataset"
-
-
-def cache_dataset(ds: Dataset, *, keys: Sequence[str] = ("image", "label"), batch_size: int = 256,
-                  num_workers: int | None = 0, progress: bool = True, desc: str | None = None,
-                  derive: Callable[[dict[str, torch.Tensor]], Mapping[str, torch.Tensor]] | None = None,
-                  source_fingerprint: str | None = None, cache_dir: str | os.PathLike | None = None,
-                  memory_budget: int | str | None = None) -> CachedDataset:
-    """Render or decode ``ds`` once (uint8 images, int64 labels, other ``keys``): in memory,
-    or on disk when it does not fit.
-
-    Training then reads batches with one tensor index, so rendering SynFER faces or
-    decoding JPEGs happens once, not once per epoch. Every item's entries under ``keys``
-    must be tensors of one shape (images: pass ``image_size`` to the dataset) or numbers.
-    A :class:`CachedDataset` is returned as is.
-
-    Memory or disk: the first decoded batch gives the bytes per item; when ``len(ds)``
-    items would take more than ``memory_budget`` (bytes or ``"8G"``; default
-    ``$FER_MEMORY_BUDGET``, else half the physical memory), the rows go to an
-    :class:`fer.data.stream.ArrayStore` under ``cache_dir`` (default ``$FER_CACHE``, else
-    ``~/.cache/fer/datasets``) and a :class:`StreamedDataset` reading them is returned.
-    The store is keyed by the dataset's fingerprint, so a second call for the same data
-    (in any process) reads the files instead of decoding. When ``cache_dir`` or
-    ``$FER_CACHE`` is set, datasets within the budget are stored there too (and loaded
-    into memory), so they are decoded once across processes as well.
-
-    Args:
-        num_workers: ``DataLoader`` workers that decode; ``None``: ``min(8, cores)`` from 2,048
-            items on (none below: starting workers would cost more than they save).
-        derive: applied to each decoded batch (a dict of the ``keys``' tensors); returns
-            the batch to keep (e.g. face masks from ``landmarks``). Needs
-            ``source_fingerprint``.
-        source_fingerprint: the fingerprint the result derives from (default
-            ``ds.fingerprint()``); must change whenever ``derive`` does.
-    """
-    from .data.stream import ArrayStore, StoreWriter, cache_root, memory_budget as _budget, store_key
-
-    if isinstance(ds, CachedDataset):
-        return ds
-    keys = list(keys)
-    for k in ("image", "label"):
-        if k not in keys:
-            keys.insert(0 if k == "image" else 1, k)
-    if derive is not None and source_fingerprint is None:
-        raise ValueError("cache_dataset: derive= changes what is cached, so pass source_fingerprint= too (the "
-                         "dataset's fingerprint plus a tag naming the derivation)")
-    what = type(ds).__name__
-    src_fp = source_fingerprint if source_fingerprint is not None else _fingerprint_of(ds)
-    name = desc or f"cache {what}"
-    label = repr(ds) if len(repr(ds)) < 200 else what
-    classes = getattr(ds, "classes", None)
-    budget = _budget(memory_budget)
-    root, named = cache_root(cache_dir)
-    folder = root / f"{_slug(name)}-{store_key(src_fp, keys, len(ds))}" if src_fp is not None else None
-
-    store = ArrayStore.open(folder) if folder is not None else None
-    mem: dict[str, torch.Tensor] | None = None
-    if store is None:
-        n = len(ds)
-        workers = int(num_workers) if num_workers is not None else min(8, os.cpu_count() or 1) if n >= 2048 else 0
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_items,
-                            persistent_workers=False)
-        writer: Any = None
-        start = 0
-        try:
-            for batch in tqdm(loader, desc=name, disable=bar_disabled(progress), leave=False, **_tqdm_kw()):
-                arrays = _batch_arrays(batch, keys, derive, what)
-                if writer is None and mem is None:  # first batch: memory or disk?
-                    need = n * sum(v[0].nbytes for v in arrays.values())
-                    if (need > budget or named) and folder is not None:
-                        if need > budget:
-                            log.info("%s: %.1f GB exceeds the memory budget (%.1f GB): streaming from %s", name,
-                                     need / 1e9, budget / 1e9, folder)
-                        writer = StoreWriter(folder, n, {"source_fingerprint": src_fp, "keys": keys,
-                                                         "dataset": label})
-                        free = shutil.disk_usage(writer.part).free
-                        if free < need:
-                            raise OSError(f"{name}: its disk cache needs {need / 1e9:.1f} GB but {root} has "
-                                          f"{free / 1e9:.1f} GB free. Fix: point FER_CACHE (or cache_dir=) at a "
-                                          f"disk with room, or raise FER_MEMORY_BUDGET if it fits in memory")
-                    else:
-                        if need > budget:
-                            log.warning("%s: %.1f GB exceeds the memory budget, but %s has no fingerprint() to "
-                                        "key a disk cache with: caching in memory", name, need / 1e9, what)
-                        mem = {k: torch.empty((n, *v.shape[1:]), dtype=v.dtype) for k, v in arrays.items()}
-                b = len(arrays["label"])
-                if writer is not None:
-                    writer.write(start, {k: v.numpy() for k, v in arrays.items()})
-                else:
-                    for k, v in arrays.items():
-                        mem[k][start:start + b] = v
-                start += b
-            if writer is None and mem is None:
-                raise ValueError(f"cache_dataset: {what} is empty")
-            if start != n:
-                raise ValueError(f"cache_dataset: {what} yielded {start} items, len() says {n}")
-            if writer is not None:
-                store = ArrayStore.open(writer.commit())
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-    if store is not None:
-        if store.nbytes > budget:
-            return StreamedDataset(store, classes=classes, source_fingerprint=src_fp, name=label)
-        mem = {k: torch.from_numpy(store.read_all(k)) for k in store.columns}
-    return CachedDataset(mem, classes=classes, source_fingerprint=src_fp, name=label)
-
-
-class _EpochSampler(Sampler[int]):
-    """Indices in an order fixed by ``(seed, epoch)``: the same on every process and after a resume."""
-
-    def __init__(self, n: int, *, seed: int, shuffle: bool) -> None:
-        self.n, self.seed, self.shuffle, self.epoch = int(n), int(seed), shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.n))
-        g = torch.Generator().manual_seed(_derive_seed(self.seed, "order", self.epoch))
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-
-def _make_loader(ds: Dataset, *, batch_size: int, shuffle: bool, seed: int, num_workers: int, drop_last: bool,
-                 pin_memory: bool) -> DataLoader:
-    if len(ds) == 0:
-        raise ValueError(f"{type(ds).__name__} is empty: nothing to train or evaluate on")
-    return DataLoader(ds, batch_size=batch_size, sampler=_EpochSampler(len(ds), seed=seed, shuffle=shuffle),
-                      num_workers=num_workers, collate_fn=collate_items, drop_last=drop_last,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
-
-
-class InputTransform:
-    """Images to model input, on the device: uint8 -> [0, 1] float, augment, normalise.
-
-    Float images are taken to be in [0, 1] already. With ``size`` they are resized to
-    ``size x size`` (bilinear; antialiased when shrinking) first, and so are the
-    ``augment_keys`` maps (nearest for integer maps). Augmentation (training only):
-    random horizontal flip and random shift (pad by ``shift`` pixels, crop back at a
-    random offset), drawn from a ``torch.Generator`` so that runs repeat exactly.
-    ``augment_keys`` name other batch maps that get the same flip and shift.
-    """
-
-    def __init__(self, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5), *,
-                 grayscale: bool = False, hflip: bool = False, shift: int = 0, pad_mode: str = "constant",
-                 augment_keys: Sequence[str] = (), channels_last: bool = False, size: int | None = None) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.grayscale, self.hflip, self.shift, self.pad_mode = grayscale, hflip, int(shift), pad_mode
-        self.augment_keys = tuple(augment_keys)
-        self.channels_last = channels_last
-        self.size = None if size is None else int(size)
-        self._device_stats: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
-
-    @classmethod
-    def from_config(cls, config: TrainConfig, *, channels_last: bool = False) -> InputTransform:
-        return cls(config.mean, config.std, grayscale=config.grayscale, hflip=config.hflip, shift=config.shift,
-                   pad_mode=config.pad_mode, augment_keys=config.augment_keys, channels_last=channels_last,
-                   size=config.input_size)
-
-    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        # mean/std live on the device after the first batch: no copy (and no sync) per step
-        if self._device_stats is None or self._device_stats[0] != device:
-            self._device_stats = (device, self.mean.to(device), self.std.to(device))
-        return self._device_stats[1], self._device_stats[2]
-
-    @property
-    def augments(self) -> bool:
-        return self.hflip or self.shift > 0
-
-    def __call__(self, batch: Mapping[str, Any], *, train: bool = False,
-                 generator: torch.Generator | None = None) -> dict[str, Any]:
-        """A copy of ``batch`` with ``image`` replaced by the model input."""
-        out = dict(batch)
-        x = batch["image"]
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            raise ValueError(f"batch['image'] must be a B x C x H x W tensor, got "
-                             f"{type(x).__name__}{tuple(x.shape) if isinstance(x, torch.Tensor) else ''}")
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        if self.grayscale and x.shape[1] != 1:
-            x = x.mean(1, keepdim=True)
-        maps = {k: batch[k] for k in self.augment_keys if k in batch}
-        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
-            x = _resize(x, self.size)
-            maps = {k: _resize(v, self.size) for k, v in maps.items()}
-            out.update(maps)
-        if train and self.augments:
-            maps = {k: maps[k] if k in maps else batch[k] for k in self.augment_keys}
-            x, maps = self._augment(x, maps, generator)
-            out.update(maps)
-        mean, std = self._stats(x.device)
-        if mean.shape[1] not in (1, x.shape[1]):
-            raise ValueError(f"normalisation has {mean.shape[1]} channels (mean/std) but images have "
-                             f"{x.shape[1]}; fix TrainConfig.mean/std (or grayscale)")
-        x = (x - mean) / std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out["image"] = x
-        return out
-
-    def _augment(self, x: torch.Tensor, maps: dict[str, torch.Tensor], generator: torch.Generator | None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        b, _, h, w = x.shape
-        flip = off = None
-        if self.hflip:
-            flip = (torch.rand(b, generator=generator) < 0.5).to(x.device, non_blocking=True)
-        if self.shift > 0:
-            off = torch.randint(0, 2 * self.shift + 1, (b, 2), generator=generator).to(x.device, non_blocking=True)
-
-        def apply(t: torch.Tensor) -> torch.Tensor:
-            squeeze = t.ndim == 3
-            t = t.unsqueeze(1) if squeeze else t
-            if t.shape[-2:] != (h, w):
-                raise ValueError(f"augment_keys map of shape {tuple(t.shape)} is not aligned with the "
-                                 f"{h} x {w} image")
-            dtype = t.dtype
-            t = t.float() if not t.is_floating_point() else t
-            if flip is not None:
-                t = torch.where(flip.view(-1, 1, 1, 1), t.flip(-1), t)
-            if off is not None:
-                t = _shift(t, off, self.shift, self.pad_mode)
-            t = t.to(dtype)
-            return t.squeeze(1) if squeeze else t
-
-        return apply(x), {k: apply(v) for k, v in maps.items()}
-
-
-def _resize(t: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize B x C x H x W (or B x H x W) maps to ``size x size``; integer maps by nearest."""
-    squeeze = t.ndim == 3
-    t = t.unsqueeze(1) if squeeze else t
-    if t.is_floating_point():
-        shrink = size < min(t.shape[-2:])
-        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
-    else:
-        t = F.interpolate(t.float(), size=(size, size), mode="nearest-exact").to(t.dtype)
-    return t.squeeze(1) if squeeze else t
-
-
-def _shift(x: torch.Tensor, off: torch.Tensor, shift: int, pad_mode: str) -> torch.Tensor:
-    """Pad by ``shift`` and crop each image back at its own offset (off: B x 2, rows then cols)."""
-    b, _, h, w = x.shape
-    p = F.pad(x, (shift, shift, shift, shift), mode=pad_mode)
-    rows = off[:, :1] + torch.arange(h, device=x.device)  # B x H
-    cols = off[:, 1:] + torch.arange(w, device=x.device)  # B x W
-    bi = torch.arange(b, device=x.device).view(b, 1, 1)
-    return p[bi, :, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2).contiguous()
 
 
 # =========================================================================== parameters and stages
@@ -1117,7 +614,8 @@ def use_cpu(config: TrainConfig) -> bool:
     return bool(config.cpu) or (launched and not torch.cuda.is_available())
 
 
-def _use_bf16(config: TrainConfig, device: torch.device) -> bool:
+def use_bf16(config: TrainConfig, device: torch.device) -> bool:
+    """Whether :func:`fit` / :func:`evaluate` run ``config`` under bf16 autocast on ``device``."""
     if device.type != "cuda" or config.precision == "fp32":
         return False
     if config.precision == "bf16":
@@ -1127,200 +625,6 @@ def _use_bf16(config: TrainConfig, device: torch.device) -> bool:
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
-# =========================================================================== files
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or weights file that cannot be read; the message names the file and the fix."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _atomic_file(path: str | os.PathLike) -> Iterator[io.BufferedWriter]:
-    """Open a temporary file next to ``path``; on success fsync it and ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: readers see the old file or the whole new one."""
-    with _atomic_file(path) as f:
-        f.write(data)
-    return Path(path)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    """Write ``obj`` as JSON atomically (tensors and NumPy values become plain numbers; NaN -> null)."""
-    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=indent, sort_keys=True, allow_nan=False) + "\n")
-
-
-def clean_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Remove temporary files left in ``folder`` by an interrupted atomic write."""
-    removed = []
-    folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                p.unlink()
-                removed.append(p)
-    return removed
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and CUDA) random states as tensors and plain types."""
-    np_state = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss": py_gauss},
-    }
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-    npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
-                         npst["cached_gaussian"]))
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-
-
-def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
-    """``torch.save`` ``state`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
-    with _atomic_file(path) as f:
-        torch.save(dict(state), f)
-    return Path(path)
-
-
-def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`fit` (``torch.load(weights_only=True)``).
-
-    Raises :class:`CheckpointError` naming the file and the fix when it cannot be read
-    (truncated, from another program, or from another format version). ``mmap=True``
-    maps the tensors instead of reading them (cheap when only ``epoch`` etc. are needed).
-    """
-    path = Path(path)
-    fix = f"delete {path} to restart the run from scratch"
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(err).__name__}: {str(err)[:200]}); "
-                              f"it is damaged or was not written by fer.train: {fix}") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"checkpoint {path} has format {found!r}, expected {CHECKPOINT_FORMAT!r}: {fix}")
-    return ckpt
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True, key: str | None = None
-                 ) -> nn.Module:
-    """Load weights from ``path`` into ``model`` with ``torch.load(weights_only=True)``.
-
-    ``path`` may hold a state dict, a :func:`fit` checkpoint, or a dict with the state
-    dict under ``key`` (default: ``"model"``, ``"state_dict"`` or ``"model_state_dict"``,
-    whichever is present). A ``module.`` prefix (DDP) is stripped. Missing or
-    unexpected keys, or tensors of another shape, are an error (``strict=True``)
-    naming the file; ``strict=False`` loads the tensors that fit (a new classifier head).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"cannot read weights {path} with torch.load(weights_only=True) "
-                              f"({type(err).__name__}: {str(err)[:200]}); re-save it as a plain state dict "
-                              f"(torch.save(model.state_dict(), path)) or download it again") from err
-    state = obj
-    if isinstance(obj, Mapping):
-        for k in ([key] if key else ["model", "state_dict", "model_state_dict"]):
-            if k in obj and isinstance(obj[k], Mapping):
-                state = obj[k]
-                break
-        else:
-            if key:
-                raise CheckpointError(f"weights file {path} has no {key!r} entry (keys: {sorted(obj)[:10]})")
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"weights file {path} does not hold a state dict of tensors")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    if strict:
-        own = model.state_dict()
-        wrong = [f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
-                 for k, v in state.items() if k in own and own[k].shape != v.shape]
-        if wrong:
-            raise CheckpointError(f"weights {path} do not fit {type(model).__name__}: shapes differ for "
-                                  f"{wrong[:4]}; check num_classes / in_chans / width, or pass strict=False to "
-                                  f"load the tensors whose shapes match")
-    else:
-        own = model.state_dict()
-        state = {k: v for k, v in state.items() if k not in own or own[k].shape == v.shape}
-    result = model.load_state_dict(state, strict=False)
-    if strict and (result.missing_keys or result.unexpected_keys):
-        raise CheckpointError(f"weights {path} do not fit {type(model).__name__}: missing "
-                              f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}; "
-                              f"pass strict=False to load the matching part")
-    return model
 
 
 # =========================================================================== history
@@ -1372,7 +676,7 @@ class History:
         return pd.DataFrame.from_records(self.records).set_index("epoch") if self.records else pd.DataFrame()
 
     def to_jsonl(self) -> str:
-        return "".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in self.records)
+        return "".join(json.dumps(jsonable(r), sort_keys=True) + "\n" for r in self.records)
 
     @classmethod
     def from_jsonl(cls, path: str | os.PathLike) -> History:
@@ -1393,25 +697,7 @@ class History:
 def metrics_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON-friendly part of an :func:`evaluate` result (no per-sample tensors)."""
     skip = {"predictions", "targets", "logits"}
-    return _jsonable({k: v for k, v in result.items() if k not in skip})
-
-
-def _classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-    k = logits.shape[1]
-    preds = logits.argmax(1)
-    valid = (targets >= 0) & (targets < k)
-    conf = torch.bincount(targets[valid] * k + preds[valid], minlength=k * k).reshape(k, k)
-    support = conf.sum(1)
-    per_class = conf.diagonal().double() / support.clamp(min=1).double()
-    present = support > 0
-    return {
-        "accuracy": float((preds == targets).double().mean()) if len(targets) else float("nan"),
-        "mean_class_accuracy": float(per_class[present].mean()) if present.any() else float("nan"),
-        "per_class_accuracy": [float(a) if s > 0 else None
-                               for a, s in zip(per_class.tolist(), support.tolist(), strict=True)],
-        "confusion": conf,
-        "predictions": preds,
-    }
+    return jsonable({k: v for k, v in result.items() if k not in skip})
 
 
 @torch.no_grad()
@@ -1425,7 +711,7 @@ def _run_eval(module: nn.Module, loader: Any, *, transform: InputTransform, loss
     count = torch.zeros((), dtype=torch.float64, device=device)
     all_logits, all_targets = [], []
     bar = tqdm(loader, desc=desc, leave=False, disable=bar_disabled(progress) or not accelerator.is_local_main_process,
-               **_tqdm_kw())
+               **bar_kwargs())
     for batch in bar:
         batch = transform(batch, train=False)
         with _autocast(device, bf16):
@@ -1446,7 +732,7 @@ def _run_eval(module: nn.Module, loader: Any, *, transform: InputTransform, loss
     result: dict[str, Any] = {"loss": float(loss_sum / count) if count > 0 else None}
     if all_logits:
         logits, targets = torch.cat(all_logits), torch.cat(all_targets).long()
-        result.update(_classification_metrics(logits, targets))
+        result.update(evaluation_metrics(logits, targets))
         result.update(targets=targets, logits=logits, num_samples=len(targets))
     else:
         result.update(accuracy=None, mean_class_accuracy=None, per_class_accuracy=None, confusion=None,
@@ -1490,13 +776,13 @@ def evaluate(model: nn.Module, ds: Dataset, config: TrainConfig | None = None, *
     if loss_fn is None:
         loss_fn = nn.CrossEntropyLoss()
     loss = _as_batch_loss(loss_fn, output_to_logits)
-    loader = acc.prepare(_make_loader(ds, batch_size=batch_size or config.eval_batch_size or 2 * config.batch_size,
+    loader = acc.prepare(make_loader(ds, batch_size=batch_size or config.eval_batch_size or 2 * config.batch_size,
                                       shuffle=False, seed=config.seed, num_workers=config.num_workers,
                                       drop_last=False, pin_memory=device.type == "cuda"))
     try:
         return _run_eval(target, loader, transform=InputTransform.from_config(config, channels_last=channels_last),
                          loss_fn=loss, output_to_logits=output_to_logits, forward_fn=forward_fn or _default_forward,
-                         accelerator=acc, bf16=_use_bf16(config, device), progress=progress, desc=desc)
+                         accelerator=acc, bf16=use_bf16(config, device), progress=progress, desc=desc)
     finally:
         if accelerator is None:
             acc.free_memory()
@@ -1507,12 +793,6 @@ def evaluate(model: nn.Module, ds: Dataset, config: TrainConfig | None = None, *
 
 def _channels_last(config: TrainConfig, device: torch.device) -> bool:
     return device.type == "cuda" if config.channels_last is None else bool(config.channels_last)
-
-
-def _tqdm_kw() -> dict[str, Any]:
-    """Quieter bars in logs (no terminal, no notebook): shown only after 5 s, then every 30 s at most."""
-    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
-    return {} if interactive else {"mininterval": 30.0, "delay": 5.0}
 
 
 @dataclass
@@ -1620,19 +900,19 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, conf
     channels_last = _channels_last(config, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    bf16 = _use_bf16(config, device)
+    bf16 = use_bf16(config, device)
     transform = InputTransform.from_config(config, channels_last=channels_last)
     default_loss, default_eval_loss = _resolve_loss(config, train_ds, loss_fn, class_weights, output_to_logits,
                                                     device)
     stage_losses = {k: _as_batch_loss(v, output_to_logits) for k, v in losses.items()}
 
     pin = device.type == "cuda"
-    train_loader = acc.prepare(_make_loader(train_ds, batch_size=config.batch_size, shuffle=True, seed=config.seed,
+    train_loader = acc.prepare(make_loader(train_ds, batch_size=config.batch_size, shuffle=True, seed=config.seed,
                                             num_workers=config.num_workers, drop_last=config.drop_last,
                                             pin_memory=pin))
     val_loader = None
     if val_ds is not None:
-        val_loader = acc.prepare(_make_loader(val_ds, batch_size=config.eval_batch_size or 2 * config.batch_size,
+        val_loader = acc.prepare(make_loader(val_ds, batch_size=config.eval_batch_size or 2 * config.batch_size,
                                               shuffle=False, seed=config.seed, num_workers=config.num_workers,
                                               drop_last=False, pin_memory=pin))
     steps_per_epoch = len(train_loader)
@@ -1662,7 +942,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, conf
 
     history = History(pos.records)
     disable = bar_disabled(progress) or not acc.is_local_main_process
-    outer = tqdm(total=config.epochs, initial=pos.epoch, desc="epochs", disable=disable, **_tqdm_kw())
+    outer = tqdm(total=config.epochs, initial=pos.epoch, desc="epochs", disable=disable, **bar_kwargs())
     try:
         if ckpt is not None:
             if ckpt.get("finished"):
@@ -1748,7 +1028,7 @@ def _checkpoint_state(model: nn.Module, optimizer: Any, *, config: TrainConfig, 
         "step": pos.step,
         "stage": stage,
         "finished": finished,
-        "history": _jsonable(pos.records),
+        "history": jsonable(pos.records),
         "config": config.to_json(),
         "torch": str(torch.__version__),
     }
@@ -1766,13 +1046,13 @@ def _train_epoch(fwd: nn.Module, optimizer: Any, loader: Any, *, config: TrainCo
     for m in frozen:
         m.eval()
     loader.set_epoch(epoch)
-    gen = torch.Generator().manual_seed(_derive_seed(config.seed, "augment", epoch, acc.process_index))
+    gen = torch.Generator().manual_seed(derive_seed(config.seed, "augment", epoch, acc.process_index))
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = torch.zeros((), dtype=torch.float64, device=device)
     scored = torch.zeros((), dtype=torch.float64, device=device)
     lr = base_lr
-    bar = tqdm(loader, desc=desc, leave=False, disable=disable, **_tqdm_kw())
+    bar = tqdm(loader, desc=desc, leave=False, disable=disable, **bar_kwargs())
     shown = time.monotonic()
     for i, batch in enumerate(bar):
         if "label" not in batch or "image" not in batch:

@@ -12,10 +12,12 @@ import torch
 
 import fer.predict as predict_mod
 from fer.data import CLASSES_7, SynFER
+from fer.data.cached import cache_dataset
 from fer.data.masks import M_FER_CLASSES, face_mask, region_masks
 from fer.data.landmarks import to_landmarks8
 from fer.experiments import cbam_vgg, manet, mapnet, masked
 from fer.experiments._common import model_input
+from fer.io import CHECKPOINT_FORMAT, atomic_write_json, save_checkpoint
 from fer.models import create_model
 from fer.predict import (
     DEFAULT_SCORE_THRESHOLD,
@@ -30,7 +32,7 @@ from fer.predict import (
     main,
 )
 from fer.runs import Run, run, run_key, spec_of
-from fer.train import CHECKPOINT_FORMAT, TrainConfig, atomic_write_json, cache_dataset, save_checkpoint
+from fer.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -18,8 +18,10 @@ from torch.utils.data import Subset
 import fer
 import fer.runs as runs_mod
 from fer.data import SynFER
+from fer.data.cached import cache_dataset
+from fer.io import load_checkpoint
 from fer.runs import Run, data_fingerprint, find_runs, protocols_of, run, run_key, runs_root, source_hash
-from fer.train import Stage, TrainConfig, cache_dataset, load_checkpoint
+from fer.train import Stage, TrainConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -198,7 +200,8 @@ CHILD = textwrap.dedent('''
     from fer.data import SynFER
     import fer.runs
     from fer.runs import run
-    from fer.train import Stage, TrainConfig, cache_dataset
+    from fer.data.cached import cache_dataset
+    from fer.train import Stage, TrainConfig
 
     torch.set_num_threads(1)
     fer.runs.source_hash = lambda *a, **k: "pinned"  # other edits to fer/ while the test runs must not split the runs

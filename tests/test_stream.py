@@ -21,9 +21,10 @@ from torch.utils.data import Dataset
 import fixtures_datasets as fx
 from fer.data import load_dataset
 from fer.data import stream
+from fer.data.cached import CachedDataset, StreamedDataset, cache_dataset, cached_fingerprint
+from fer.data.cached import make_loader as _make_loader
 from fer.data.masks import face_mask
-from fer.train import (CachedDataset, StreamedDataset, TrainConfig, _make_loader, cache_dataset, cached_fingerprint,
-                       evaluate)
+from fer.train import TrainConfig, evaluate
 
 KEYS = ("image", "label", "landmarks")
 SIZE = 32

@@ -11,30 +11,30 @@ from torch import nn
 from torch.nn import functional as F
 
 from fer.data import SynFER
-from fer.train import (
-    CachedDataset,
+from fer.data.cached import CachedDataset, cache_dataset, collate_items
+from fer.data.transforms import InputTransform
+from fer.io import (
     CheckpointError,
+    atomic_write_json,
+    get_rng_state,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    set_rng_state,
+)
+from fer.train import (
     History,
-    InputTransform,
     Stage,
     TrainConfig,
-    atomic_write_json,
-    cache_dataset,
     class_weights_inverse,
-    collate_items,
     count_labels,
     default_output_to_logits,
     evaluate,
     fit,
     frozen_modules,
-    get_rng_state,
-    load_checkpoint,
-    load_weights,
     lr_factor,
-    save_checkpoint,
     seed_everything,
     select_parameters,
-    set_rng_state,
     unfreeze_stages,
 )
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-import torch
 
+from ..data.cached import CachedDataset
+from ..data.transforms import model_input  # the one uint8 -> model input path, re-exported for the chapters
 from ..explain import localisation_scores
 from ..profiles import PROFILES_FILE, ProfileError, chapter_entry, resolve_device
-from ..train import CachedDataset, InputTransform, TrainConfig
 
 __all__ = ["ProfileSetup", "profile_setups", "random_subset", "stratified_indices", "model_input",
            "localisation_row"]
@@ -108,11 +108,6 @@ def stratified_indices(targets: Any, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picked = [rng.choice(np.flatnonzero(y == c), size=int(k), replace=False) for c, k in zip(labels, take)]
     return np.sort(np.concatenate(picked))
-
-
-def model_input(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """uint8 faces -> the evaluation-time model input of a run with ``config`` (resize, normalise; no augmentation)."""
-    return InputTransform.from_config(config)({"image": images})["image"]
 
 
 def localisation_row(heat: Any, relevance: Any, **labels: Any) -> dict[str, Any]:

@@ -59,13 +59,14 @@ import torch
 from torch import nn
 
 from ..data import CLASSES_7
+from ..data.cached import CachedDataset, cache_dataset
 from ..data.synfer import SynFER
 from ..data.synfer.variants import FER2013_COUNTS
 from ..explain import cam, capture
 from ..losses import inverse_frequency_weights
 from ..models import create_model, load_vggface
 from ..runs import Run, RunResult, run
-from ..train import CachedDataset, TrainConfig, cache_dataset, unfreeze_stages
+from ..train import TrainConfig, unfreeze_stages
 from ._common import ProfileSetup, localisation_row, model_input, random_subset
 from ._common import profile_setups as _profile_setups
 

@@ -68,6 +68,7 @@ from torch import nn
 
 from ..data import CLASSES_7
 from ..data.landmarks import to_landmarks8
+from ..data.cached import CachedDataset, cache_dataset
 from ..data.masks import MANET_REGIONS, region_masks
 from ..data.synfer import SynFER
 from ..explain import cam, capture
@@ -76,7 +77,7 @@ from ..models import create_model, load_vggface
 from ..models.cbam_vgg import VGGFACE_MEAN
 from ..models.manet import ManetOutput, RasnetOutput, mask_side
 from ..runs import Run, RunResult, run
-from ..train import CachedDataset, Stage, TrainConfig, cache_dataset
+from ..train import Stage, TrainConfig
 from ._common import ProfileSetup, localisation_row, model_input, random_subset
 from ._common import profile_setups as _profile_setups
 

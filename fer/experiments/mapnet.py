@@ -76,15 +76,17 @@ import torch
 from torch import nn
 
 from ..data import CLASSES_7
+from ..data.cached import CachedDataset, cache_dataset, cached_fingerprint
 from ..data.masks import face_mask
 from ..data.synfer import SynFER
+from ..data.transforms import model_batch
 from ..explain import cam, capture
 from ..layers import resize_mask
 from ..losses import MapNetLoss, root_inverse_weights
 from ..models import create_model
 from ..models.mapnet import MaskChannelInput, block_weights, mask_forward
 from ..runs import RunResult, run
-from ..train import CachedDataset, InputTransform, TrainConfig, cache_dataset, cached_fingerprint
+from ..train import TrainConfig
 from ._common import ProfileSetup, localisation_row, random_subset, stratified_indices
 from ._common import profile_setups as _profile_setups
 
@@ -617,7 +619,7 @@ def model_input(ds: CachedDataset | Mapping[str, torch.Tensor], config: TrainCon
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluation-time model input: normalised images and float masks (resized with them)."""
     tensors = ds.tensors if isinstance(ds, CachedDataset) else ds
-    out = InputTransform.from_config(config)({"image": tensors["image"], "mask": tensors["mask"]})
+    out = model_batch({"image": tensors["image"], "mask": tensors["mask"]}, config)
     return out["image"], out["mask"].float()
 
 

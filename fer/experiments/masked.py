@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.cached import CachedDataset, cache_dataset
 from ..data.labels import resolve_classes
 from ..data.masks import (
     M_FER_CLASSES,
@@ -74,7 +75,7 @@ from ..losses import abn_loss
 from ..models import create_model
 from ..models.masked import Abn, Fecn, SharedFecn
 from ..runs import Run, RunResult, run, runs_root
-from ..train import CachedDataset, Stage, TrainConfig, cache_dataset
+from ..train import Stage, TrainConfig
 from ._common import ProfileSetup, model_input
 from ._common import profile_setups as _profile_setups
 

@@ -14,14 +14,14 @@ chapter's notebooks share:
   face's head yaw for the pose subsets (:func:`pose_subsets`);
 * :func:`train_config`, :func:`run_row`: one protocol for the four rows of Table 3
   (baseline, MS, AS, full), trained through :func:`fer.runs.run` so that every page
-  shares one cache; :func:`five_crop` / :func:`five_crop_forward`: the paper's crops;
+  shares one cache; :func:`five_crop_forward`: the paper's crops (:func:`fer.data.transforms.five_crop`);
 * table builders (:func:`comparison_table`, :func:`ablation_frame`, :func:`ablation_table`)
   and explanation helpers (:func:`effective_receptive_field`, :func:`gradcam_maps`,
   :func:`branch_spatial_maps`, :func:`localisation_table`).
 
 .. note::
-   **Crops** ("random crops (central, corner, and horizontal flips)"). ``fer.train``'s
-   :class:`~fer.train.InputTransform` only flips and shifts, so the crops live in this
+   **Crops** ("random crops (central, corner, and horizontal flips)"). The training loop's
+   :class:`~fer.data.transforms.InputTransform` only flips and shifts, so the crops live in this
    module's ``forward_fn`` (:func:`five_crop_forward`): in training each face is cut to
    a ``crop`` fraction of its side (0.875, i.e. 196 of 224 px) at one of five positions
    (centre or a corner, drawn uniformly) and resized back to the input size; flips come
@@ -75,17 +75,18 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..data import CLASSES_7
+from ..data.cached import CachedDataset, cache_dataset
 from ..data.datasets import DATASETS as _LOADERS
 from ..data.synfer import SynFER
+from ..data.transforms import five_crop
 from ..explain import cam, capture
 from ..losses import BETA, BetaCrossEntropy
 from ..models import create_model
 from ..models.msanet import MsaNet
 from ..runs import RunResult, run
-from ..train import CachedDataset, TrainConfig, cache_dataset
+from ..train import TrainConfig
 from ._common import ProfileSetup, localisation_row, model_input, random_subset
 from ._common import profile_setups as _profile_setups
 
@@ -425,38 +426,6 @@ def pose_subsets(data: ChapterData) -> dict[str, np.ndarray]:
 
 
 # =========================================================================== crops, models and runs
-
-
-_POSITIONS = ("centre", "top-left", "top-right", "bottom-left", "bottom-right")
-
-
-def five_crop(x: torch.Tensor, crop: float, positions: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Cut each image to ``crop`` of its side at one of five positions and resize it back.
-
-    Args:
-        x: ``B x C x H x W`` float images.
-        crop: crop side / image side, in (0, 1].
-        positions: one of 0..4 per image (centre, top-left, top-right, bottom-left,
-            bottom-right); default: drawn uniformly (``generator`` or torch's global RNG).
-    """
-    if not 0 < crop <= 1:
-        raise ValueError(f"crop must be in (0, 1], got {crop}")
-    b, _, h, w = x.shape
-    ch, cw = max(1, int(round(h * crop))), max(1, int(round(w * crop)))
-    if (ch, cw) == (h, w):
-        return x
-    if positions is None:
-        positions = torch.randint(0, 5, (b,), generator=generator)
-    positions = positions.to("cpu")
-    offsets = [((h - ch) // 2, (w - cw) // 2), (0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw)]
-    out = torch.empty_like(x)
-    for p, (oy, ox) in enumerate(offsets):
-        sel = torch.nonzero(positions == p).squeeze(1).to(x.device)
-        if len(sel):
-            out[sel] = F.interpolate(x[sel, :, oy:oy + ch, ox:ox + cw], size=(h, w), mode="bilinear",
-                                     align_corners=False)
-    return out
 
 
 def five_crop_forward(module: nn.Module, batch: Mapping[str, Any], *, crop: float = 0.875) -> Any:
