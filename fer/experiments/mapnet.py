@@ -79,7 +79,7 @@ from ..data import CLASSES_7
 from ..data.cached import CachedDataset, cache_dataset, cached_fingerprint
 from ..data.masks import face_mask
 from ..data.synfer import SynFER
-from ..data.transforms import model_batch
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, model_batch
 from ..explain import cam, capture
 from ..layers import resize_mask
 from ..losses import MapNetLoss, root_inverse_weights
@@ -468,7 +468,7 @@ def make_loss(setup: Setup, row: str, counts: Mapping[str, int]) -> MapNetLoss:
 
 def train_config(setup: Setup, seed: int | None = None) -> TrainConfig:
     """Section 3.1's protocol at this profile's scale (module note)."""
-    mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if setup.pretrained else ((0.5,) * 3, (0.5,) * 3)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if setup.pretrained else ((0.5,) * 3, (0.5,) * 3)
     return TrainConfig(epochs=setup.epochs, batch_size=setup.batch_size, optimizer=setup.optimizer, lr=setup.lr,
                        momentum=setup.momentum, weight_decay=setup.weight_decay, schedule="step",
                        step_size=setup.lr_step, gamma=0.1, hflip=True, augment_keys=["mask"],

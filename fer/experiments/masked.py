@@ -70,6 +70,7 @@ from ..data.masks import (
 )
 from ..data.synfer import SynFER
 from ..data.synfer.regions import region_maps
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..explain import capture, localisation_scores
 from ..losses import abn_loss
 from ..models import create_model
@@ -433,8 +434,8 @@ def train_config(setup: Setup, name: str, seed: int) -> TrainConfig:
         momentum=setup.momentum, weight_decay=setup.weight_decay,
         schedule="multistep" if sgd else "constant",
         milestones=[max(1, epochs // 2), max(1, (3 * epochs) // 4)] if sgd else [],
-        mean=(0.485, 0.456, 0.406) if imagenet else (0.5, 0.5, 0.5),
-        std=(0.229, 0.224, 0.225) if imagenet else (0.5, 0.5, 0.5),
+        mean=IMAGENET_MEAN if imagenet else (0.5, 0.5, 0.5),
+        std=IMAGENET_STD if imagenet else (0.5, 0.5, 0.5),
         input_size=setup.input_size, hflip=True, shift=setup.shift_px, seed=int(seed),
         cpu=setup.resolved_device() == "cpu")
 

@@ -80,7 +80,7 @@ from ..data import CLASSES_7
 from ..data.cached import CachedDataset, cache_dataset
 from ..data.datasets import DATASETS as _LOADERS
 from ..data.synfer import SynFER
-from ..data.transforms import five_crop
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, five_crop
 from ..explain import cam, capture
 from ..losses import BETA, BetaCrossEntropy
 from ..models import create_model
@@ -222,7 +222,7 @@ OFFICIAL_SPLITS: dict[str, tuple[int, int]] = {k: (_official(info.real, "train")
                                                for k, info in DATASETS.items()}
 _COLUMN_NAMES = {"raf": "RAF-DB", "affectnet": "AffectNet", "pose30": "Pose-AffectNet >= 30°",
                  "pose45": "Pose-AffectNet >= 45°"}
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
 
 
 # =========================================================================== setup

@@ -103,6 +103,7 @@ from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequen
 
 import torch
 import torchvision
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import adapt_input_conv
 from torch import nn
 
@@ -152,8 +153,7 @@ VGGFACE_MEAN: Tuple[float, float, float] = (129.186279296875, 104.76238250732422
 #: Parameters of the VGG16 conv base with 3 input channels.
 VGG16_CONV_PARAMS = 14_714_688
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMAGENET_MEAN, _IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 _INCEPTION_MIN_SIZE = 75
 
 GlobalPool = Literal["avg", "flatten"]

@@ -97,6 +97,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torchvision
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
@@ -130,8 +131,7 @@ BACKBONES: Dict[str, Tuple[type, Tuple[int, int, int, int], Any]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2), torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
     "resnet10": (BasicBlock, (1, 1, 1, 1), None),
 }
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMAGENET_MEAN, _IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 

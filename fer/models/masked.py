@@ -103,6 +103,7 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torchvision
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import adapt_input_conv
 from torch import nn
 from torch.nn import functional as F
@@ -136,8 +137,7 @@ VGG11_CFG: Tuple[Tuple[int, ...], ...] = ((64,), (128,), (256, 256), (512, 512),
 #: Groups in the feature extractor (the rest is conv group 5).
 EXTRACTOR_GROUPS = 4
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMAGENET_MEAN, _IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 HeadType = Literal["vgg", "gap"]
 AttentionMode = Literal["residual", "multiply"]

@@ -88,6 +88,7 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Type
 
 import torch
 import torchvision
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import adapt_input_conv
 from torch import nn
 from torch.nn import functional as F
@@ -121,8 +122,7 @@ RESNET18_WIDTHS = (64, 64, 128, 256, 512)
 
 Hierarchy = Literal["equation", "res2net"]
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMAGENET_MEAN, _IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
 # --------------------------------------------------------------------------- blocks
