@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fer.experiments import cbam_vgg as C
+from fer.experiments import _common
 from fer.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,7 +97,7 @@ def test_every_rows_normalisation_is_that_of_the_weights_it_loads(monkeypatch):
 
     import fer.models.cbam_vgg as M
 
-    monkeypatch.setattr(C, "load_vggface", lambda model, *a, **k: None)
+    monkeypatch.setattr(_common, "load_vggface", lambda model, *a, **k: None)  # the chapters load it there
     monkeypatch.setattr(M, "_load_vgg_imagenet", lambda model: None)
 
     def fresh_state(weights, **_):  # a fresh torchvision model of the weights' family

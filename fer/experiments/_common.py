@@ -4,22 +4,39 @@ A chapter's ``Setup`` is a dataclass whose defaults are the ``smoke`` profile; i
 :class:`ProfileSetup` for :meth:`~ProfileSetup.for_profile` (the chapter's entry in
 ``book/profiles.yml`` over those defaults) and :meth:`~ProfileSetup.resolved_device`, and
 the chapter's ``profile_setups()`` is :func:`profile_setups` over every profile.
+
+The rest is what several chapters did alike, once, parameterised by what differs; each
+chapter keeps its public function (same name and signature) as a thin call into it:
+:func:`require_data_root` (the paper profile's missing-data error), :class:`ChapterSplits`
+(a ``ChapterData``'s ``counts`` and ``eval_sets``), :func:`face_pretrain` (the VGG-Face
+stand-in), :func:`load_conv_base` / :func:`load_face_weights` (starting weights),
+:func:`explain_faces`, :func:`gradcam_maps` and :func:`localisation_table` (explanations).
+A run's ``build_model`` stays in its chapter module, so runs stay keyed by that chapter.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
+import torch
+from torch import nn
 
-from ..data.cached import CachedDataset
+from ..data.cached import CachedDataset, cache_dataset
+from ..data.synfer import SynFER
 from ..data.transforms import model_input  # the one uint8 -> model input path, re-exported for the chapters
-from ..explain import localisation_scores
+from ..explain import cam, localisation_scores
+from ..models import load_vggface
 from ..profiles import PROFILES_FILE, ProfileError, chapter_entry, resolve_device
+from ..runs import Run, RunResult, run
+from ..train import TrainConfig
 
 __all__ = ["ProfileSetup", "profile_setups", "random_subset", "stratified_indices", "model_input",
-           "localisation_row"]
+           "localisation_row", "PRETRAIN_SEED_OFFSET", "EXPLAIN_SEED_OFFSET", "paper_command", "require_data_root",
+           "ChapterSplits", "face_pretrain", "load_conv_base", "load_face_weights", "explain_faces", "gradcam_maps",
+           "localisation_table"]
 
 S = TypeVar("S", bound="ProfileSetup")
 
@@ -117,3 +134,161 @@ def localisation_row(heat: Any, relevance: Any, **labels: Any) -> dict[str, Any]
     s = localisation_scores(heat, relevance)
     return {**labels, "energy on evidence": s["energy"], "energy (chance)": s["energy_chance"],
             "pointing game": s["pointing"], "pointing (chance)": s["pointing_chance"], "faces": s["num_images"]}
+
+
+# =========================================================================== data
+
+
+#: Seed offsets of the sets no expression run trains or tests on: the face-identity
+#: pre-training faces (:func:`face_pretrain`) and the explanation faces (:func:`explain_faces`).
+PRETRAIN_SEED_OFFSET = 1000
+EXPLAIN_SEED_OFFSET = 2000
+
+
+def paper_command(chapter: str) -> str:
+    """The command that renders ``chapter``'s pages in the ``paper`` profile."""
+    return f"make book PROFILE=paper DATA_ROOT=<DATA_ROOT> ONLY='book/{chapter}/*'"
+
+
+def require_data_root(setup: ProfileSetup, *, uses: str, fix: str) -> str:
+    """``setup.data_root``, or a ``FileNotFoundError`` saying what the paper profile ``uses``
+    (e.g. ``"trains on FER2013"``), the ``fix`` (where the data goes) and the command to run."""
+    root = getattr(setup, "data_root", None)
+    if root is None:
+        raise FileNotFoundError(f"the paper profile {uses}, but no data root was given. Fix: {fix}, and run "
+                                f"`{paper_command(setup.chapter)}`")
+    return root
+
+
+class ChapterSplits:
+    """Mixin for a chapter's ``ChapterData`` dataclass: its ``train`` and ``test`` sets (cached
+    as uint8; the chapter adds its other sets, ``source`` and ``classes``)."""
+
+    train: CachedDataset
+    test: CachedDataset
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Training faces per class (canonical order)."""
+        return dict(self.train.class_counts)
+
+    def eval_sets(self) -> dict[str, CachedDataset]:
+        """The sets a run is tested on after training, by split name: ``{"test": ...}``."""
+        return {"test": self.test}
+
+
+def face_pretrain(setup: ProfileSetup, name: str, build: Callable[[], nn.Module], *, variant: str, seed: int,
+                  lr: float, label: str = "SynFER identities", progress: bool = True, **synfer_kw: Any) -> RunResult:
+    """The SynFER profiles' stand-in for VGG-Face: a network trained to tell SynFER identities apart.
+
+    ``setup.pretrain_n`` SynFER ``variant`` training faces of ``setup.pretrain_identities``
+    people (every expression, class-balanced, seed ``seed + PRETRAIN_SEED_OFFSET``, which no
+    expression set uses), labelled by identity; the tail of the same draw (a tenth as many
+    faces, at least one per person) scores it. ``build`` (the chapter's VGG16, named by the
+    chapter) trains all layers from scratch with Adam at ``lr`` for ``setup.pretrain_epochs``,
+    with flips, through :func:`fer.runs.run` under ``name``. Only its conv base is reused
+    (:func:`load_conv_base`). ``synfer_kw`` go to :class:`fer.data.SynFER`; ``label`` names the
+    cached set.
+    """
+    if not setup.synthetic:
+        raise ValueError("face_pretrain is the SynFER profiles' stand-in; the paper profile loads VGG-Face")
+    # Identities are drawn per sample from the pool, so "train" and "val" share people
+    # only when both come from one split: hold out the tail of one draw.
+    n_val = max(setup.pretrain_identities, setup.pretrain_n // 10)
+    ds = SynFER(variant, "train", n=setup.pretrain_n + n_val, seed=seed + PRETRAIN_SEED_OFFSET,
+                identities=setup.pretrain_identities, class_balance="uniform", **synfer_kw)
+    cached = cache_dataset(ds, progress=progress, desc=label)
+    full = CachedDataset({"image": cached.images, "label": torch.as_tensor(ds.identities(), dtype=torch.long)},
+                         classes=tuple(f"id{i}" for i in range(setup.pretrain_identities)),
+                         source_fingerprint=f"{ds.fingerprint()}:identity", name=label)
+    train, val = full.subset(np.arange(setup.pretrain_n)), full.subset(np.arange(setup.pretrain_n, len(full)))
+    config = TrainConfig(epochs=setup.pretrain_epochs, batch_size=setup.batch_size, optimizer="adam", lr=lr,
+                         input_size=setup.input_size, hflip=True, seed=seed, cpu=setup.resolved_device() == "cpu")
+    return run(name, config, build, train, val, progress=progress)
+
+
+# =========================================================================== starting weights
+
+
+def load_conv_base(model: nn.Module, run_dir: str | Path, *, module: str = "features") -> nn.Module:
+    """Load the ``module`` weights (the conv base) of the run ``run_dir``'s checkpoint into ``model``.
+
+    ``run_dir``: a run folder, or its name under the runs root (:meth:`fer.runs.Run.load`).
+    """
+    state = Run.load(run_dir).checkpoint()["model"]
+    prefix = f"{module}."
+    model.get_submodule(module).load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                                 if k.startswith(prefix)})
+    return model
+
+
+def load_face_weights(model: nn.Module, weights: str | None, face_run: str | None, *,
+                      choices: str = "None, 'vggface' or 'synfer-face'") -> nn.Module:
+    """A VGG16 chapter model's face weights: ``None`` (as built), ``"vggface"``
+    (:func:`fer.models.load_vggface`) or ``"synfer-face"`` (the conv base of the
+    :func:`face_pretrain` run ``face_run``); ``choices`` is what the chapter accepts, for
+    the error."""
+    if weights == "vggface":
+        load_vggface(model)
+    elif weights == "synfer-face":
+        if face_run is None:
+            raise ValueError("weights='synfer-face' needs face_run, the face_pretrain run folder")
+        load_conv_base(model, face_run)
+    elif weights is not None:
+        raise ValueError(f"weights must be {choices}, got {weights!r}")
+    return model
+
+
+# =========================================================================== explanations
+
+
+def explain_faces(variant: str, n: int, *, seed: int, split: str = "test",
+                  keys: Sequence[str] = ("image", "label", "relevance"), progress: bool = False,
+                  **synfer_kw: Any) -> CachedDataset:
+    """``n`` class-balanced SynFER ``variant`` faces with their relevance maps, drawn with
+    ``seed + EXPLAIN_SEED_OFFSET`` (neither training nor test faces of any run), cached with ``keys``.
+
+    Used in every profile: real faces have no ground truth of where the evidence is.
+    ``synfer_kw`` go to :class:`fer.data.SynFER` (``image_size``...).
+    """
+    ds = SynFER(variant, split, n=n, seed=seed + EXPLAIN_SEED_OFFSET, with_relevance=True, class_balance="uniform",
+                **synfer_kw)
+    return cache_dataset(ds, keys=tuple(keys), progress=progress, desc="SynFER explain set")
+
+
+def gradcam_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *, targets: Any = None,
+                 **cam_kw: Any) -> np.ndarray:
+    """Grad-CAM (:func:`fer.explain.cam`, ``cam_kw``: ``method``, ``target_layer``) of uint8 ``images``
+    given as a run with ``config`` sees them (:func:`model_input`), ``B x S x S`` in [0, 1]."""
+    return cam(model, model_input(images, config), targets, **cam_kw)
+
+
+#: ``maps(model, config, targets) -> {map name: B x h x w}``: the maps a localisation table scores.
+MapsFn = Callable[[nn.Module, TrainConfig, Any], Mapping[str, np.ndarray]]
+
+
+def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: CachedDataset, maps: MapsFn, *,
+                       targets: Literal["label", "predicted"] = "label", map_column: str | None = "map",
+                       index: str | None = None):
+    """Where each model looks on SynFER: a ``DataFrame`` row (:func:`localisation_row`) per model
+    and map that ``maps`` gives, scored against ``ds``'s ``relevance``.
+
+    Args:
+        models: name -> (trained model, its run's config).
+        ds: explanation faces with ``relevance`` (:func:`explain_faces`).
+        maps: the chapter's maps of one model (Grad-CAM, attention maps) for the true classes
+            (``targets="label"``) or the predicted ones (``None`` targets).
+        map_column: the column naming the map (``None``: no such column, one map per model).
+        index: a column to index the table by.
+    """
+    import pandas as pd
+
+    rel = ds.tensors["relevance"]
+    explain = ds.labels.tolist() if targets == "label" else None
+    rows = []
+    for name, (model, config) in models.items():
+        for kind, heat in maps(model, config, explain).items():
+            labels = {"model": name, **({map_column: kind} if map_column else {})}
+            rows.append(localisation_row(heat, rel, **labels))
+    df = pd.DataFrame(rows)
+    return df.set_index(index) if index else df

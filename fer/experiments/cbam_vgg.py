@@ -62,12 +62,13 @@ from ..data import CLASSES_7
 from ..data.cached import CachedDataset, cache_dataset
 from ..data.synfer import SynFER
 from ..data.synfer.variants import FER2013_COUNTS
-from ..explain import cam, capture
+from ..explain import capture
 from ..losses import inverse_frequency_weights
-from ..models import create_model, load_vggface
-from ..runs import Run, RunResult, run
+from ..models import create_model
+from ..runs import RunResult, run
 from ..train import TrainConfig, unfreeze_stages
-from ._common import ProfileSetup, localisation_row, model_input, random_subset
+from . import _common
+from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, require_data_root
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
@@ -230,7 +231,7 @@ def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
 
 
 @dataclass
-class ChapterData:
+class ChapterData(ChapterSplits):
     """The three splits, cached as uint8, and where they came from."""
 
     train: CachedDataset
@@ -239,19 +240,10 @@ class ChapterData:
     source: str
     classes: tuple[str, ...] = CLASSES_7
 
-    @property
-    def counts(self) -> dict[str, int]:
-        """Training faces per class (canonical order)."""
-        return dict(self.train.class_counts)
-
 
 def _data_root(setup: Setup) -> str:
-    if setup.data_root is None:
-        raise FileNotFoundError(
-            "the paper profile trains on FER2013, but no data root was given. Fix: place Kaggle's "
-            "fer2013.csv as <DATA_ROOT>/fer2013/fer2013.csv (see data/README.md) and run "
-            "`make book PROFILE=paper DATA_ROOT=<DATA_ROOT> ONLY='book/cbam_vgg/*'`")
-    return setup.data_root
+    return require_data_root(setup, uses="trains on FER2013", fix="place Kaggle's fer2013.csv as "
+                             "<DATA_ROOT>/fer2013/fer2013.csv (see data/README.md)")
 
 
 def load_data(setup: Setup, *, progress: bool = True) -> ChapterData:
@@ -301,16 +293,6 @@ def _run_name(setup: Setup, what: str) -> str:
     return f"cbam_vgg-{setup.profile}-{what}"
 
 
-def _identity_data(setup: Setup, split: str, n: int, progress: bool) -> CachedDataset:
-    ds = SynFER("fer2013", split, n=n, seed=setup.seed + 1000, identities=setup.pretrain_identities,
-                class_balance="uniform")
-    cached = cache_dataset(ds, progress=progress, desc=f"SynFER identities {split}")
-    ids = torch.as_tensor(ds.identities(), dtype=torch.long)
-    return CachedDataset({"image": cached.images, "label": ids},
-                         classes=tuple(f"id{i}" for i in range(setup.pretrain_identities)),
-                         source_fingerprint=f"{ds.fingerprint()}:identity", name=f"SynFER identities {split}")
-
-
 def face_pretrain(setup: Setup, *, progress: bool = True) -> RunResult:
     """The VGG-Face stand-in: VGG16 (at ``setup.width``) trained to tell SynFER identities apart.
 
@@ -319,19 +301,10 @@ def face_pretrain(setup: Setup, *, progress: bool = True) -> RunResult:
     from scratch with Adam for ``pretrain_epochs``; a tenth as many faces of the same
     people score it. Only its conv base is reused (:func:`build_model`).
     """
-    if not setup.synthetic:
-        raise ValueError("face_pretrain is the SynFER profiles' stand-in; the paper profile loads VGG-Face")
-    # Identities are drawn per sample from the pool, so "train" and "val" share people
-    # only when both come from one split: hold out the tail of one draw.
-    n_val = max(setup.pretrain_identities, setup.pretrain_n // 10)
-    full = _identity_data(setup, "train", setup.pretrain_n + n_val, progress)
-    train, val = full.subset(np.arange(setup.pretrain_n)), full.subset(np.arange(setup.pretrain_n, len(full)))
-    config = TrainConfig(epochs=setup.pretrain_epochs, batch_size=setup.batch_size, optimizer="adam", lr=setup.lr,
-                         input_size=setup.input_size, hflip=True, seed=setup.seed,
-                         cpu=setup.resolved_device() == "cpu")
     build = partial(create_model, "vgg16_gap", num_classes=setup.pretrain_identities, img_size=setup.input_size,
                     width=setup.width)
-    return run(_run_name(setup, "face-pretrain"), config, build, train, val, progress=progress)
+    return _common.face_pretrain(setup, _run_name(setup, "face-pretrain"), build, variant="fer2013", seed=setup.seed,
+                                 lr=setup.lr, label="SynFER identities train", progress=progress)
 
 
 def row_weights(row: str | PaperRow, setup: Setup) -> str | None:
@@ -383,17 +356,8 @@ def build_model(name: str, *, input_size: int, width: float = 1.0, weights: str 
     model = create_model(name, **kw)
     if not load:
         return model
-    if weights == "vggface":
-        load_vggface(model)
-    elif weights == "synfer-face":
-        if face_run is None:
-            raise ValueError("weights='synfer-face' needs face_run, the face_pretrain run folder")
-        state = Run.load(face_run).checkpoint()["model"]
-        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        model.features.load_state_dict(feats)
-    elif weights is not None:
-        raise ValueError(f"weights must be None, 'vggface', 'imagenet' or 'synfer-face', got {weights!r}")
-    return model
+    return _common.load_face_weights(model, weights, face_run,
+                                     choices="None, 'vggface', 'imagenet' or 'synfer-face'")
 
 
 def _last_conv_paths(model: nn.Module, n: int) -> list[str]:
@@ -452,7 +416,7 @@ def run_row(setup: Setup, data: ChapterData, row: str, *, face: RunResult | None
     spec = {"row": r.key, "model": r.model, "weights": weights, "width": setup.width,
             "face_run": face_name}
     return run(_run_name(setup, f"{r.key}-{r.model}"), config, build, data.train, data.val,
-               eval_sets={"test": data.test}, spec=spec, progress=progress)
+               eval_sets=data.eval_sets(), spec=spec, progress=progress)
 
 
 def row_label(row: str, setup: Setup) -> str:
@@ -544,8 +508,7 @@ def explain_set(setup: Setup, n: int, *, progress: bool = False) -> CachedDatase
     A seed of their own, so they are neither training nor test faces of any run. Used
     in every profile: real FER2013 has no ground truth of where the evidence is.
     """
-    ds = SynFER("fer2013", "test", n=n, seed=setup.seed + 2000, with_relevance=True, class_balance="uniform")
-    return cache_dataset(ds, keys=("image", "label", "relevance"), progress=progress, desc="SynFER explain set")
+    return _common.explain_faces("fer2013", n, seed=setup.seed, progress=progress)
 
 
 def gradcam_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *,
@@ -555,8 +518,7 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *,
     ``images``: uint8 B x 3 x 48 x 48 faces; ``targets``: class per image (default:
     the true labels are not known here, so each image's predicted class).
     """
-    x = model_input(images, config)
-    return cam(model, x, targets, method=method)
+    return _common.gradcam_maps(model, images, config, targets=targets, method=method)
 
 
 def cbam_spatial_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig) -> np.ndarray:
@@ -582,15 +544,11 @@ def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: 
     Returns a ``DataFrame`` with one row per (model, map): energy share and its chance
     level, pointing-game hit rate and its chance level (:func:`fer.explain.localisation_scores`).
     """
-    import pandas as pd
-
-    images, labels, rel = ds.images, ds.labels, ds.tensors["relevance"]
-    rows = []
-    for name, (model, config) in models.items():
-        maps = {"Grad-CAM": gradcam_maps(model, images, config,
-                                         targets=labels.tolist() if targets == "label" else None)}
+    def maps(model: nn.Module, config: TrainConfig, explain: Any) -> dict[str, np.ndarray]:
+        out = {"Grad-CAM": gradcam_maps(model, ds.images, config, targets=explain)}
         attn = getattr(model, "attn", None)
         if attn is not None and hasattr(attn, "spatial_gate"):
-            maps["CBAM spatial"] = cbam_spatial_maps(model, images, config)
-        rows += [localisation_row(heat, rel, model=name, map=kind) for kind, heat in maps.items()]
-    return pd.DataFrame(rows)
+            out["CBAM spatial"] = cbam_spatial_maps(model, ds.images, config)
+        return out
+
+    return _common.localisation_table(models, ds, maps, targets=targets)

@@ -71,14 +71,15 @@ from ..data.landmarks import to_landmarks8
 from ..data.cached import CachedDataset, cache_dataset
 from ..data.masks import MANET_REGIONS, region_masks
 from ..data.synfer import SynFER
-from ..explain import cam, capture
+from ..explain import capture
 from ..losses import mask_loss
-from ..models import create_model, load_vggface
+from ..models import create_model
 from ..models.cbam_vgg import VGGFACE_MEAN
 from ..models.manet import ManetOutput, RasnetOutput, mask_side
-from ..runs import Run, RunResult, run
+from ..runs import RunResult, run
 from ..train import Stage, TrainConfig
-from ._common import ProfileSetup, localisation_row, model_input, random_subset
+from . import _common
+from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, require_data_root
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
@@ -312,17 +313,13 @@ def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
 
 
 @dataclass
-class ChapterData:
+class ChapterData(ChapterSplits):
     """A train/test pair cached as uint8 with their masks (and where they came from)."""
 
     train: CachedDataset
     test: CachedDataset
     source: str
     classes: tuple[str, ...] = CLASSES_7
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return dict(self.train.class_counts)
 
 
 def with_masks(ds: CachedDataset, input_size: int) -> CachedDataset:
@@ -343,13 +340,9 @@ def with_masks(ds: CachedDataset, input_size: int) -> CachedDataset:
 
 
 def _data_root(setup: Setup, what: str) -> str:
-    if setup.data_root is None:
-        raise FileNotFoundError(
-            f"the paper profile trains on {what}, but no data root was given. Fix: place RAF-DB as "
-            f"<DATA_ROOT>/rafdb/ (EmoLabel/list_patition_label.txt, Image/aligned/) and CK+ as <DATA_ROOT>/ckplus/ "
-            f"(cohn-kanade-images/, Emotion/, Landmarks/), see data/README.md, and run "
-            f"`make book PROFILE=paper DATA_ROOT=<DATA_ROOT> ONLY='book/manet/*'`")
-    return setup.data_root
+    return require_data_root(setup, uses=f"trains on {what}", fix="place RAF-DB as <DATA_ROOT>/rafdb/ "
+                             "(EmoLabel/list_patition_label.txt, Image/aligned/) and CK+ as <DATA_ROOT>/ckplus/ "
+                             "(cohn-kanade-images/, Emotion/, Landmarks/), see data/README.md")
 
 
 _SYN_KEYS = ("image", "label", "landmarks", "relevance")
@@ -446,23 +439,10 @@ def face_pretrain(setup: Setup, *, progress: bool = True) -> RunResult:
     ``pretrain_n`` ``wild`` faces of ``pretrain_identities`` people (a seed no expression
     set uses), all layers from scratch with Adam; only the conv base is reused.
     """
-    if not setup.synthetic:
-        raise ValueError("face_pretrain is the SynFER profiles' stand-in; the paper profile loads VGG-Face")
-    n_val = max(setup.pretrain_identities, setup.pretrain_n // 10)
-    ds = SynFER("wild", "train", n=setup.pretrain_n + n_val, seed=setup.seed0 + 1000,
-                identities=setup.pretrain_identities, class_balance="uniform", image_size=setup.input_size,
-                with_relevance=False)
-    cached = cache_dataset(ds, progress=progress, desc="SynFER identities")
-    full = CachedDataset({"image": cached.images, "label": torch.as_tensor(ds.identities(), dtype=torch.long)},
-                         classes=tuple(f"id{i}" for i in range(setup.pretrain_identities)),
-                         source_fingerprint=f"{ds.fingerprint()}:identity", name="SynFER identities")
-    train, val = full.subset(np.arange(setup.pretrain_n)), full.subset(np.arange(setup.pretrain_n, len(full)))
-    config = TrainConfig(epochs=setup.pretrain_epochs, batch_size=setup.batch_size, optimizer="adam", lr=1e-3,
-                         input_size=setup.input_size, hflip=True, seed=setup.seed0,
-                         cpu=setup.resolved_device() == "cpu")
     build = partial(create_model, "manet_vgg16", num_classes=setup.pretrain_identities, img_size=setup.input_size,
                     width=setup.width, **_bn_kw(setup.batch_norm))
-    return run(_run_name(setup, "face-pretrain"), config, build, train, val, progress=progress)
+    return _common.face_pretrain(setup, _run_name(setup, "face-pretrain"), build, variant="wild", seed=setup.seed0,
+                                 lr=1e-3, progress=progress, image_size=setup.input_size, with_relevance=False)
 
 
 def _bn_kw(batch_norm: bool) -> dict[str, Any]:
@@ -480,18 +460,7 @@ def build_model(name: str, *, input_size: int, width: float = 1.0, weights: str 
                           **_bn_kw(batch_norm)}
     if name == "manet":
         kw["mask_source"] = mask_source
-    model = create_model(name, **kw)
-    if weights == "vggface":
-        load_vggface(model)
-    elif weights == "synfer-face":
-        if face_run is None:
-            raise ValueError("weights='synfer-face' needs face_run, the face_pretrain run folder")
-        state = Run.load(face_run).checkpoint()["model"]
-        model.features.load_state_dict({k[len("features."):]: v for k, v in state.items()
-                                        if k.startswith("features.")})
-    elif weights is not None:
-        raise ValueError(f"weights must be None, 'vggface' or 'synfer-face', got {weights!r}")
-    return model
+    return _common.load_face_weights(create_model(name, **kw), weights, face_run)
 
 
 def output_to_logits(outputs: Any) -> torch.Tensor | None:
@@ -583,7 +552,7 @@ def run_model(setup: Setup, data: ChapterData, key: str, *, pretrained: bool = T
     spec = {"model": name, "weights": weights, "width": setup.width, "face_run": face_name,
             "mask_source": mask_source, **_bn_kw(setup.batch_norm)}
     gt = mask_source == "gt"
-    return run(_run_name(setup, what), config, build, data.train, data.test, eval_sets={"test": data.test},
+    return run(_run_name(setup, what), config, build, data.train, data.test, eval_sets=data.eval_sets(),
                spec=spec, losses={"mask": rasnet_loss} if config.stages else None, output_to_logits=output_to_logits,
                forward_fn=manet_forward if gt else None, progress=progress)
 
@@ -817,17 +786,16 @@ def mask_figure(images: torch.Tensor, maps: Mapping[str, Any], *, titles: Sequen
 
 def explain_set(setup: Setup, n: int, *, variant: str = "wild", progress: bool = False) -> CachedDataset:
     """``n`` class-balanced SynFER faces with relevance maps and masks, from a seed no run uses."""
-    kw: dict[str, Any] = {"image_size": setup.input_size, "with_relevance": True, "class_balance": "uniform"}
     split = "all" if variant == "ck" else "test"
-    ds = SynFER(variant, split, n=n, seed=setup.seed0 + 2000, **kw)
-    return with_masks(cache_dataset(ds, keys=_SYN_KEYS, progress=progress, desc="SynFER explain set"),
-                      setup.input_size)
+    ds = _common.explain_faces(variant, n, seed=setup.seed0, split=split, keys=_SYN_KEYS, progress=progress,
+                               image_size=setup.input_size)
+    return with_masks(ds, setup.input_size)
 
 
 def gradcam_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *, targets: Any = None,
                  method: str = "gradcam") -> np.ndarray:
     """Grad-CAM at ``model.cam_layer`` (conv5_3's ReLU), ``B x S x S`` in [0, 1]."""
-    return cam(model, model_input(images, config), targets, method=method)
+    return _common.gradcam_maps(model, images, config, targets=targets, method=method)
 
 
 def guided_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *, targets: Any = None) -> np.ndarray:
@@ -840,11 +808,7 @@ def guided_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *, 
 def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: CachedDataset):
     """Share of each model's Grad-CAM energy on SynFER's evidence regions (true class explained),
     the pointing game, and their chance levels (:func:`fer.explain.localisation_scores`)."""
-    import pandas as pd
+    def maps(model: nn.Module, config: TrainConfig, explain: Any) -> dict[str, np.ndarray]:
+        return {"Grad-CAM": gradcam_maps(model, ds.images, config, targets=explain)}
 
-    rel = ds.tensors["relevance"]
-    rows = []
-    for name, (model, config) in models.items():
-        heat = gradcam_maps(model, ds.images, config, targets=ds.labels.tolist())
-        rows.append(localisation_row(heat, rel, model=name))
-    return pd.DataFrame(rows)
+    return _common.localisation_table(models, ds, maps, map_column=None)

@@ -87,7 +87,8 @@ from ..models import create_model
 from ..models.mapnet import MaskChannelInput, block_weights, mask_forward
 from ..runs import RunResult, run
 from ..train import TrainConfig
-from ._common import ProfileSetup, localisation_row, random_subset, stratified_indices
+from . import _common
+from ._common import ChapterSplits, ProfileSetup, random_subset, require_data_root, stratified_indices
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
@@ -309,7 +310,7 @@ def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
 
 
 @dataclass
-class ChapterData:
+class ChapterData(ChapterSplits):
     """The splits, cached as uint8 with their face masks, and where they came from."""
 
     train: CachedDataset
@@ -319,12 +320,9 @@ class ChapterData:
     test_name: str = "RAF-DB"
     classes: tuple[str, ...] = CLASSES_7
 
-    @property
-    def counts(self) -> dict[str, int]:
-        return dict(self.train.class_counts)
-
     def eval_sets(self) -> dict[str, CachedDataset]:
-        out = {"test": self.test}
+        """``test`` and, where there is one, the ``occluded`` set."""
+        out = super().eval_sets()
         if self.occluded is not None:
             out["occluded"] = self.occluded
         return out
@@ -367,12 +365,10 @@ def _synfer(variant: str, split: str, n: int | None, setup: Setup, progress: boo
 def _real(name: str, split: str, setup: Setup, n: int | None, progress: bool) -> CachedDataset:
     from ..data import load_dataset
 
-    if setup.data_root is None:
-        raise FileNotFoundError(
-            "the paper profile trains on RAF-DB and AffectNet and tests on FED-RO, but no data root was given. Fix: "
-            "place rafdb/, affectnet/ and fedro/ under <DATA_ROOT> as data/README.md describes, write their "
-            "landmark caches (python -m fer.data.landmarks --dataset rafdb --root <DATA_ROOT>/rafdb, ...), and run "
-            "`make book PROFILE=paper DATA_ROOT=<DATA_ROOT> ONLY='book/mapnet/*'`")
+    require_data_root(setup, uses="trains on RAF-DB and AffectNet and tests on FED-RO",
+                      fix="place rafdb/, affectnet/ and fedro/ under <DATA_ROOT> as data/README.md describes, write "
+                      "their landmark caches (python -m fer.data.landmarks --dataset rafdb --root "
+                      "<DATA_ROOT>/rafdb, ...)")
     ds = load_dataset(name, setup.data_root, split, image_size=setup.image_size)
     if name == "affectnet" and split == "train" and setup.affectnet_train is not None:
         ds = ds.subset(affectnet_subset(ds.targets, setup.affectnet_train))  # before decoding anything
@@ -611,8 +607,9 @@ def gamma_table(counts: Mapping[str, int], gammas: Sequence[float] = (0.5, 1.0, 
 
 def explain_set(setup: Setup, n: int, *, progress: bool = False) -> CachedDataset:
     """``n`` class-balanced SynFER ``wild`` test faces with relevance maps and face masks (own seed)."""
-    return _synfer("wild", "test", n, setup, progress, seed_offset=2000,
-                   keys=("image", "label", "landmarks", "relevance"), with_relevance=True, class_balance="uniform")
+    keys = ("image", "label", "landmarks", "relevance")
+    return with_face_masks(_common.explain_faces("wild", n, seed=setup.seed, keys=keys, progress=progress,
+                                                 image_size=setup.image_size))
 
 
 def model_input(ds: CachedDataset | Mapping[str, torch.Tensor], config: TrainConfig
@@ -649,13 +646,10 @@ def feature_maps(model: nn.Module, ds: CachedDataset, config: TrainConfig) -> di
 
 def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: CachedDataset):
     """Where each model looks on SynFER: Grad-CAM energy on the evidence and pointing game, with chance."""
-    import pandas as pd
+    def maps(model: nn.Module, config: TrainConfig, explain: Any) -> dict[str, np.ndarray]:
+        return {"Grad-CAM": gradcam_maps(model, ds, config, targets=explain)}
 
-    rows = []
-    for name, (model, config) in models.items():
-        heat = gradcam_maps(model, ds, config, targets=ds.labels.tolist())
-        rows.append(localisation_row(heat, ds.tensors["relevance"], model=name))
-    return pd.DataFrame(rows).set_index("model")
+    return _common.localisation_table(models, ds, maps, map_column=None, index="model")
 
 
 def delta_table(ks: Sequence[int] = (1, 2, 3, 4, 5, 6)):

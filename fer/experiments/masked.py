@@ -77,7 +77,7 @@ from ..models import create_model
 from ..models.masked import Abn, Fecn, SharedFecn
 from ..runs import Run, RunResult, run, runs_root
 from ..train import Stage, TrainConfig
-from ._common import ProfileSetup, model_input
+from ._common import ChapterSplits, ProfileSetup, model_input, paper_command, require_data_root
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
@@ -247,7 +247,7 @@ def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
 
 
 @dataclass
-class ChapterData:
+class ChapterData(ChapterSplits):
     """The MU and M-FER sets, cached as uint8 (``source`` says where they came from)."""
 
     mu_train: CachedDataset
@@ -334,13 +334,11 @@ def _balanced(ds: CachedDataset, n: int) -> CachedDataset:
 
 
 def _data_root(setup: Setup) -> Path:
-    cmd = "make book PROFILE=paper DATA_ROOT=<DATA_ROOT> ONLY='book/masked/*'"
-    if setup.data_root is None:
-        raise FileNotFoundError(
-            "the paper profile builds its masked datasets from RAF-DB, but no data root was given. Fix: put "
-            "RAF-DB's basic/ contents under <DATA_ROOT>/rafdb/ (see data/README.md), write its landmark cache with "
-            f"`python -m fer.data.landmarks --dataset rafdb --root <DATA_ROOT>/rafdb`, then run `{cmd}`")
-    root = Path(setup.data_root).expanduser()
+    cmd = paper_command(setup.chapter)
+    root = Path(require_data_root(setup, uses="builds its masked datasets from RAF-DB", fix="put RAF-DB's basic/ "
+                                  "contents under <DATA_ROOT>/rafdb/ (see data/README.md) and write its landmark cache "
+                                  "with `python -m fer.data.landmarks --dataset rafdb --root <DATA_ROOT>/rafdb`"))
+    root = root.expanduser()
     root = root / "rafdb" if (root / "rafdb").is_dir() else root
     from ..data.landmarks import landmarks_path
 

@@ -81,13 +81,14 @@ from ..data.cached import CachedDataset, cache_dataset
 from ..data.datasets import DATASETS as _LOADERS
 from ..data.synfer import SynFER
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, five_crop
-from ..explain import cam, capture
+from ..explain import capture
 from ..losses import BETA, BetaCrossEntropy
 from ..models import create_model
 from ..models.msanet import MsaNet
 from ..runs import RunResult, run
 from ..train import TrainConfig
-from ._common import ProfileSetup, localisation_row, model_input, random_subset
+from . import _common
+from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, require_data_root
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
@@ -336,7 +337,7 @@ def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
 
 
 @dataclass
-class ChapterData:
+class ChapterData(ChapterSplits):
     """One dataset's train and test splits (uint8 cache), the test faces' |yaw|, and the source."""
 
     dataset: str
@@ -349,12 +350,8 @@ class ChapterData:
 
 
 def _data_root(setup: Setup, dataset: str) -> str:
-    if setup.data_root is None:
-        raise FileNotFoundError(
-            f"the paper profile trains on {DATASETS[dataset].paper_name}, but no data root was given. Fix: place "
-            f"RAF-DB under <DATA_ROOT>/rafdb/ and AffectNet under <DATA_ROOT>/affectnet/ (see data/README.md) and "
-            f"run `make book PROFILE=paper DATA_ROOT=<DATA_ROOT> ONLY='book/msanet/*'`")
-    return setup.data_root
+    return require_data_root(setup, uses=f"trains on {DATASETS[dataset].paper_name}", fix="place RAF-DB under "
+                             "<DATA_ROOT>/rafdb/ and AffectNet under <DATA_ROOT>/affectnet/ (see data/README.md)")
 
 
 def load_data(setup: Setup, dataset: str, *, progress: bool = True) -> ChapterData:
@@ -468,7 +465,7 @@ def run_row(setup: Setup, data: ChapterData, row: str, *, seed: int | None = Non
             "zero_init_last": setup.zero_init_last,
             "pretrained": setup.pretrained, "crop": setup.crop, "beta": setup.beta}
     return run(f"msanet-{setup.profile}-{data.dataset}-{row}-s{seed}", config, build, data.train,
-               eval_sets={"test": data.test}, spec=spec, loss_fn=BetaCrossEntropy(setup.beta),
+               eval_sets=data.eval_sets(), spec=spec, loss_fn=BetaCrossEntropy(setup.beta),
                forward_fn=partial(five_crop_forward, crop=setup.crop), progress=progress)
 
 
@@ -622,15 +619,13 @@ def erf_summary(erf: np.ndarray, *, mass: float = 0.9) -> dict[str, float]:
 
 def explain_set(setup: Setup, n: int, *, progress: bool = False) -> CachedDataset:
     """``n`` class-balanced SynFER ``wild`` test faces with relevance maps (a seed no run uses)."""
-    ds = SynFER("wild", "test", n=n, seed=setup.data_seed + 2000, image_size=setup.input_size, with_relevance=True,
-                class_balance="uniform")
-    return cache_dataset(ds, keys=("image", "label", "relevance"), progress=progress, desc="SynFER explain set")
+    return _common.explain_faces("wild", n, seed=setup.data_seed, progress=progress, image_size=setup.input_size)
 
 
 def gradcam_maps(model: nn.Module, images: torch.Tensor, config: TrainConfig, *, targets: Any = None,
                  target_layer: Any = None) -> np.ndarray:
     """Grad-CAM (default layer ``model.cam_layer``), ``B x S x S`` in [0, 1]."""
-    return cam(model.cpu(), model_input(images, config), targets, target_layer=target_layer)
+    return _common.gradcam_maps(model.cpu(), images, config, targets=targets, target_layer=target_layer)
 
 
 def branch_spatial_maps(model: MsaNet, images: torch.Tensor, config: TrainConfig) -> dict[str, np.ndarray]:
@@ -647,14 +642,10 @@ def branch_spatial_maps(model: MsaNet, images: torch.Tensor, config: TrainConfig
 def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: CachedDataset, *,
                        targets: Literal["label", "predicted"] = "label"):
     """Share of Grad-CAM (and per-branch CBAM spatial) energy on SynFER's evidence, with chance levels."""
-    import pandas as pd
-
-    images, labels, rel = ds.images, ds.labels, ds.tensors["relevance"]
-    rows = []
-    for name, (model, config) in models.items():
-        maps = {"Grad-CAM": gradcam_maps(model, images, config,
-                                         targets=labels.tolist() if targets == "label" else None)}
+    def maps(model: nn.Module, config: TrainConfig, explain: Any) -> dict[str, np.ndarray]:
+        out = {"Grad-CAM": gradcam_maps(model, ds.images, config, targets=explain)}
         if isinstance(model, MsaNet) and hasattr(model.branches[0].attn, "spatial_gate"):
-            maps.update({f"CBAM spatial {k}": v for k, v in branch_spatial_maps(model, images, config).items()})
-        rows += [localisation_row(heat, rel, model=name, map=kind) for kind, heat in maps.items()]
-    return pd.DataFrame(rows)
+            out.update({f"CBAM spatial {k}": v for k, v in branch_spatial_maps(model, ds.images, config).items()})
+        return out
+
+    return _common.localisation_table(models, ds, maps, targets=targets)
