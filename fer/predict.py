@@ -12,7 +12,7 @@ For every photo:
    of the SynFER variant the run trained on (``wild``: colour, face 0.6-0.8 of the
    image width; ``fer2013``: grey; ``ck``: grey, frontal), at that variant's stored
    image size (never above the model input). The run's own evaluation transform
-   (:class:`fer.train.InputTransform` from its config: resize to ``input_size``,
+   (:class:`fer.data.transforms.InputTransform` from its config: resize to ``input_size``,
    normalise) then makes the model input, as in :func:`fer.train.evaluate`.
 3. **Classify** with the run's model (built by the run's recorded ``build_model``,
    weights from its ``checkpoint.pt``); models that take landmark masks get them from
@@ -28,8 +28,8 @@ It writes, per photo, ``<out>/<stem>.predict.png`` (the photo with each face's b
 its number, its top-3 classes with probabilities, and the explanation map overlaid
 on the face) and ``<out>/<stem>.predict.json`` (photo, detector settings, model, run
 id, classes and, per face, box, detector score, 68 landmarks, the probability of every
-class and what the map shows), both written atomically (:func:`fer.train.atomic_write_json`,
-:func:`fer.train.atomic_write_bytes`).
+class and what the map shows), both written atomically (:func:`fer.io.atomic_write_json`,
+:func:`fer.io.atomic_write_bytes`).
 
 Python::
 

@@ -143,7 +143,7 @@ def protocols_of(spec: Any) -> set[str]:
 def data_fingerprint(ds: Any) -> str:
     """A dataset's fingerprint: same fingerprint, same samples.
 
-    ``ds.fingerprint()`` when it has one (SynFER, :class:`~fer.train.CachedDataset`,
+    ``ds.fingerprint()`` when it has one (SynFER, :class:`~fer.data.CachedDataset`,
     the masked-face sets); for a ``Subset`` or ``ConcatDataset``, a hash of the parts'
     fingerprints (and the subset's indices). Anything else is an error asking for
     ``data_fingerprint=`` in :func:`run`.
@@ -158,7 +158,7 @@ def data_fingerprint(ds: Any) -> str:
         return _short_hash({"concat": [data_fingerprint(d) for d in ds.datasets]}, 16)
     raise TypeError(f"{type(ds).__name__} has no fingerprint() to key the run cache with; pass "
                     f"data_fingerprint='...' to run() (a string that changes whenever the samples do, e.g. the "
-                    f"dataset's name, split, root and file count), or cache it with fer.train.cache_dataset, "
+                    f"dataset's name, split, root and file count), or cache it with fer.data.cache_dataset, "
                     f"which hashes the pixels")
 
 
@@ -316,7 +316,7 @@ class Run:
         return torch.load(p, map_location="cpu", weights_only=True)
 
     def checkpoint(self) -> dict[str, Any]:
-        """The checkpoint dict (see :func:`fer.train.load_checkpoint`)."""
+        """The checkpoint dict (see :func:`fer.io.load_checkpoint`)."""
         return load_checkpoint(self.checkpoint_path)
 
     def load_model(self, model: nn.Module, *, strict: bool = True) -> nn.Module:

@@ -1,6 +1,6 @@
 """Datasets too big for memory stream from a disk store (issue 15, section 3).
 
-:func:`fer.train.cache_dataset` decodes once, into memory or, over the memory budget, into
+:func:`fer.data.cache_dataset` decodes once, into memory or, over the memory budget, into
 a :class:`fer.data.stream.ArrayStore` read by a :class:`fer.train.StreamedDataset`. Checked
 on an AffectNet-format fixture: the streamed items equal the in-memory ones; a second
 request decodes nothing; an interrupted fill is never taken for a complete store; MAPNet's

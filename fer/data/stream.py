@@ -19,7 +19,7 @@ keys, any per-batch derivation), so a second request for the same data, from the
 or another process, opens the files instead of decoding again.
 
 :func:`cache_root` and :func:`memory_budget` give the defaults that
-:func:`fer.train.cache_dataset` uses to choose between memory and disk:
+:func:`fer.data.cache_dataset` uses to choose between memory and disk:
 
 * ``FER_CACHE`` (or ``cache_dir=``): where stores live; default
   ``$XDG_CACHE_HOME/fer/datasets`` (``~/.cache/fer/datasets``);

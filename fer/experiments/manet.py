@@ -67,8 +67,8 @@ import torch
 from torch import nn
 
 from ..data import CLASSES_7
-from ..data.landmarks import to_landmarks8
 from ..data.cached import CachedDataset, cache_dataset
+from ..data.landmarks import to_landmarks8
 from ..data.masks import MANET_REGIONS, region_masks
 from ..data.synfer import SynFER
 from ..explain import capture

@@ -296,7 +296,7 @@ class Setup(ProfileSetup):
                  f"{len(data.occluded) if data.occluded is not None else 0} occluded faces" if data is not None
                  else f"n = {self.n_train}/{self.n_test}/{self.n_occluded}")
         size = self.input_size or self.image_size
-        return (f"{sizes}; {size} px; {self.model_scale()}; {self.epochs} epochs of SGD (lr {self.lr:g}, x0.1 every "
+        return (f"{sizes}; {size} px; {self.model_scale()}; {self.epochs} epochs of {'SGD' if self.optimizer == 'sgd' else 'Adam'} (lr {self.lr:g}, x0.1 every "
                 f"{self.lr_step}), batch {self.batch_size}; K = {self.blocks}, alpha = {self.alpha:g}, "
                 f"gamma = {self.gamma:g}; ablation seeds {list(self.seeds)}")
 
