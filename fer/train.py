@@ -63,6 +63,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ._dry_run import BATCH as DRY_BATCH
+from ._dry_run import EVAL_BATCHES as DRY_EVAL_BATCHES
+from ._dry_run import STEPS as DRY_STEPS
+from ._dry_run import dry_run
 from ._progress import bar_disabled
 from .data.cached import as_item, bar_kwargs, derive_seed, make_loader
 from .data.transforms import PAD_MODES, InputTransform
@@ -83,6 +87,7 @@ from .losses import inverse_frequency_weights as class_weights_inverse  # equati
 from .metrics import evaluation_metrics
 
 __all__ = [
+    "dry_run_config",
     # configuration
     "Stage",
     "TrainConfig",
@@ -703,7 +708,7 @@ def metrics_summary(result: Mapping[str, Any]) -> dict[str, Any]:
 @torch.no_grad()
 def _run_eval(module: nn.Module, loader: Any, *, transform: InputTransform, loss_fn: LossFn | None,
               output_to_logits: OutputToLogits, forward_fn: ForwardFn, accelerator: Any, bf16: bool,
-              progress: bool, desc: str) -> dict[str, Any]:
+              progress: bool, desc: str, max_batches: int | None = None) -> dict[str, Any]:
     was_training = module.training
     module.eval()
     device = accelerator.device
@@ -712,7 +717,9 @@ def _run_eval(module: nn.Module, loader: Any, *, transform: InputTransform, loss
     all_logits, all_targets = [], []
     bar = tqdm(loader, desc=desc, leave=False, disable=bar_disabled(progress) or not accelerator.is_local_main_process,
                **bar_kwargs())
-    for batch in bar:
+    for i, batch in enumerate(bar):
+        if max_batches is not None and i >= max_batches:
+            break
         batch = transform(batch, train=False)
         with _autocast(device, bf16):
             outputs = forward_fn(module, batch)
@@ -766,6 +773,9 @@ def evaluate(model: nn.Module, ds: Dataset, config: TrainConfig | None = None, *
         ``num_samples``. Metrics are ``None`` when the output has no class scores.
     """
     config = config or TrainConfig()
+    dry = dry_run()
+    if dry:
+        config, batch_size = dry_run_config(config), DRY_BATCH
     acc = accelerator or make_accelerator(config)
     device = acc.device
     model.to(device)
@@ -782,13 +792,22 @@ def evaluate(model: nn.Module, ds: Dataset, config: TrainConfig | None = None, *
     try:
         return _run_eval(target, loader, transform=InputTransform.from_config(config, channels_last=channels_last),
                          loss_fn=loss, output_to_logits=output_to_logits, forward_fn=forward_fn or _default_forward,
-                         accelerator=acc, bf16=use_bf16(config, device), progress=progress, desc=desc)
+                         accelerator=acc, bf16=use_bf16(config, device), progress=progress, desc=desc,
+                         max_batches=DRY_EVAL_BATCHES if dry else None)
     finally:
         if accelerator is None:
             acc.free_memory()
 
 
 # =========================================================================== training
+
+
+def dry_run_config(config: TrainConfig) -> TrainConfig:
+    """``config`` as a dry run trains it: every stage kept, one epoch each, batches of at most
+    :data:`fer._dry_run.BATCH` (:func:`fit` stops each stage after :data:`~fer._dry_run.STEPS` steps)."""
+    stages = [dataclasses.replace(s, epochs=1) for s in config.stages]
+    return config.replace(stages=stages, epochs=len(stages) or 1, batch_size=min(config.batch_size, DRY_BATCH),
+                          eval_batch_size=DRY_BATCH, eval_every=1, checkpoint_every=1, drop_last=False)
 
 
 def _channels_last(config: TrainConfig, device: torch.device) -> bool:
@@ -881,6 +900,9 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, conf
     main process's saved state.
     """
     config = config or TrainConfig()
+    dry = dry_run()
+    if dry:
+        config = dry_run_config(config)
     acc = accelerator or make_accelerator(config)
     device = acc.device
     stages = config.resolved_stages()
@@ -971,14 +993,15 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, conf
                     output_to_logits=output_to_logits, forward_fn=forward_fn, accelerator=acc, bf16=bf16,
                     params=params, frozen=frozen, base_lr=base_lr, epoch=epoch, stage_start=start,
                     stage_epochs=stage.epochs, pos=pos, steps_per_epoch=steps_per_epoch, disable=disable,
-                    desc=f"{label} epoch {epoch + 1}/{config.epochs}")
+                    desc=f"{label} epoch {epoch + 1}/{config.epochs}", max_steps=DRY_STEPS if dry else None)
                 record.update(stage=si, stage_name=stage.name)
                 last_of_stage = epoch + 1 == end
                 val = None
                 if val_loader is not None and ((epoch + 1) % config.eval_every == 0 or last_of_stage):
                     val = _run_eval(fwd, val_loader, transform=transform, loss_fn=eval_loss,
                                     output_to_logits=output_to_logits, forward_fn=forward_fn, accelerator=acc,
-                                    bf16=bf16, progress=not disable, desc="val")
+                                    bf16=bf16, progress=not disable, desc="val",
+                                    max_batches=DRY_EVAL_BATCHES if dry else None)
                     history.final_eval = val
                 record.update(val_loss=val["loss"] if val else None,
                               val_accuracy=val["accuracy"] if val else None,
@@ -1038,7 +1061,7 @@ def _train_epoch(fwd: nn.Module, optimizer: Any, loader: Any, *, config: TrainCo
                  loss_fn: LossFn, output_to_logits: OutputToLogits, forward_fn: ForwardFn, accelerator: Any,
                  bf16: bool, params: list[nn.Parameter], frozen: list[nn.Module], base_lr: float, epoch: int,
                  stage_start: int, stage_epochs: int, pos: _Position, steps_per_epoch: int, disable: bool,
-                 desc: str) -> dict[str, Any]:
+                 desc: str, max_steps: int | None = None) -> dict[str, Any]:
     acc = accelerator
     device = acc.device
     t0 = time.perf_counter()
@@ -1055,6 +1078,8 @@ def _train_epoch(fwd: nn.Module, optimizer: Any, loader: Any, *, config: TrainCo
     bar = tqdm(loader, desc=desc, leave=False, disable=disable, **bar_kwargs())
     shown = time.monotonic()
     for i, batch in enumerate(bar):
+        if max_steps is not None and i >= max_steps:
+            break
         if "label" not in batch or "image" not in batch:
             raise KeyError(f"training batches need 'image' and 'label'; got {sorted(batch)}")
         it = (epoch - stage_start) * steps_per_epoch + i

@@ -447,3 +447,20 @@ def test_rng_state_roundtrip_through_a_weights_only_file(tmp_path):
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     again = (torch.rand(3), np.random.rand(3), __import__("random").random())
     assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
+
+
+def test_dry_run_caps_every_stage_and_evaluation(monkeypatch):
+    """FER_DRY_RUN=1: each stage trains 2 steps of at most 4 faces, evaluation scores 2 batches of 4."""
+    from fer import _dry_run
+    from fer.data import SynFER, cache_dataset
+    from fer.train import Stage
+
+    ds = cache_dataset(SynFER("clean", "train", n=64, seed=0, image_size=32), progress=False)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 7))
+    cfg = TrainConfig(stages=[Stage(epochs=3), Stage(epochs=2, lr_scale=0.1)], batch_size=16, seed=0)
+    monkeypatch.setenv("FER_DRY_RUN", "1")
+    history = fit(model, ds, ds, cfg, progress=False)
+    assert [(r["epoch"], r["step"], r["stage"]) for r in history] == [(1, 2, 0), (2, 4, 1)]
+    assert evaluate(model, ds, cfg, progress=False)["num_samples"] == _dry_run.EVAL_BATCHES * _dry_run.BATCH
+    monkeypatch.delenv("FER_DRY_RUN")
+    assert evaluate(model, ds, cfg, progress=False)["num_samples"] == 64

@@ -23,21 +23,15 @@ import torch
 from torchvision.models import WeightsEnum
 
 import fer
+from .._dry_run import dry_run
 
 __all__ = ["weights_dir", "torch_hub_checkpoint_path", "load_torchvision_state_dict", "dry_run",
            "missing_weights", "note_missing_weights", "torchvision_weights_file"]
 
 #: Environment variable naming the folder of user-supplied weight files.
 WEIGHTS_ENV = "FER_WEIGHTS"
-#: Environment variable that turns on the dry run (training capped, missing weights tolerated).
-DRY_RUN_ENV = "FER_DRY_RUN"
 #: Messages about weight files a dry run went without, in the order met (one per file).
 _MISSING: dict[str, str] = {}
-
-
-def dry_run() -> bool:
-    """``True`` in a dry run (``$FER_DRY_RUN`` is ``1``)."""
-    return os.environ.get(DRY_RUN_ENV) == "1"
 
 
 def note_missing_weights(file: Path | str, message: str) -> None:
