@@ -130,6 +130,7 @@ __all__ = [
     "package_fingerprint",
     "environment_fingerprint",
     "cache_key",
+    "missing_weight_files",
     "stage_sources",
     "run_notebooks",
     "write_report",
@@ -886,6 +887,42 @@ def prune_stale_html(paths: BookPaths, profile: str) -> list[str]:
     return withdrawn
 
 
+def missing_weight_files(paths: BookPaths, notebooks: Sequence[Path], profile: str) -> list[Any]:
+    """The pretrained-weight files (:class:`fer.models.WeightFile`) that the chapters of
+    ``notebooks`` load in ``profile`` and that are not where they must be.
+
+    A chapter is a folder ``book/<key>/`` with a module ``fer.experiments.<key>`` that has a
+    ``Setup`` and ``required_weights(setup)``; other folders need none.
+    """
+    import importlib
+
+    missing: dict[Path, Any] = {}
+    for chapter in sorted({c for c in map(chapter_of, notebooks) if c is not None}):
+        try:
+            module = importlib.import_module(f"fer.experiments.{chapter}")
+        except ModuleNotFoundError:
+            continue
+        if not hasattr(module, "required_weights"):
+            continue
+        setup = module.Setup.for_profile(profile, root=paths.root)
+        for file in module.required_weights(setup):
+            if not file.present:
+                missing.setdefault(file.path, file)
+    return list(missing.values())
+
+
+def _check_weights(paths: BookPaths, notebooks: Sequence[Path], profile: str) -> None:
+    """Refuse a run whose chapters need pretrained weights that are missing (before anything runs)."""
+    missing = missing_weight_files(paths, notebooks, profile)
+    if missing:
+        listed = "\n".join(f"  {f.path}\n    {f.fix.splitlines()[-1]}" for f in missing)
+        raise BookError(
+            f"the {profile} profile starts from pretrained weights that are missing ({len(missing)} file(s)):\n"
+            f"{listed}\n"
+            "Nothing was run. Put the files there, or check everything else first with --dry-run "
+            "(it lists these files and uses random weights instead).")
+
+
 def run_notebooks(
     paths: BookPaths,
     notebooks: Sequence[Path],
@@ -918,6 +955,8 @@ def run_notebooks(
     if device is not None and not _DEVICE.fullmatch(device):
         raise BookError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
     plan = _plan(paths, notebooks, profile, data_root, only, package_dir, device, dry_run)
+    if profile == "paper" and not dry_run:
+        _check_weights(paths, [job.rel for job in plan if job.selected], profile)
     if dry_run:
         shutil.rmtree(paths.dry_runs, ignore_errors=True)
         paths.dry_runs.mkdir(parents=True)

@@ -64,7 +64,7 @@ from ..data.synfer import SynFER
 from ..data.synfer.variants import FER2013_COUNTS
 from ..explain import capture
 from ..losses import inverse_frequency_weights
-from ..models import create_model
+from ..models import WeightFile, create_model, torchvision_weight_file, vggface_weight_file
 from ..runs import RunResult, run
 from ..train import TrainConfig, unfreeze_stages
 from . import _common
@@ -72,6 +72,7 @@ from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, re
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
+    "required_weights",
     "PAPER",
     "PaperRow",
     "FIGURE7",
@@ -552,3 +553,30 @@ def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: 
         return out
 
     return _common.localisation_table(models, ds, maps, targets=targets)
+
+
+#: The torchvision ImageNet weights each Figure 7 architecture loads in the ``paper`` profile.
+_IMAGENET_WEIGHTS = {"vgg16_flatten": "VGG16_Weights", "vgg16_gap": "VGG16_Weights", "vgg16_cbam": "VGG16_Weights",
+                     "resnet50": "ResNet50_Weights", "inception_v3": "Inception_V3_Weights"}
+
+
+def required_weights(setup: Setup, rows: Sequence[str] | None = None) -> list[WeightFile]:
+    """The pretrained files ``rows`` (default: every buildable row and the proposed model) load
+    in ``setup``'s profile: VGG-Face and torchvision's ImageNet files in ``paper``, none in the
+    SynFER profiles. The book runner checks them before a paper run starts."""
+    import torchvision
+
+    files: dict[Path, WeightFile] = {}
+    for key in rows if rows is not None else [r.key for r in FIGURE7]:
+        if not buildable(key):
+            continue
+        weights = row_weights(key, setup)
+        if weights == "vggface":
+            f = vggface_weight_file()
+        elif weights == "imagenet":
+            enum = getattr(torchvision.models, _IMAGENET_WEIGHTS[_ROWS[key].model])
+            f = torchvision_weight_file(enum.IMAGENET1K_V1)
+        else:
+            continue
+        files.setdefault(f.path, f)
+    return list(files.values())

@@ -73,7 +73,7 @@ from ..data.masks import MANET_REGIONS, region_masks
 from ..data.synfer import SynFER
 from ..explain import capture
 from ..losses import mask_loss
-from ..models import create_model
+from ..models import WeightFile, create_model, vggface_weight_file
 from ..models.cbam_vgg import VGGFACE_MEAN
 from ..models.manet import ManetOutput, RasnetOutput, mask_side
 from ..runs import RunResult, run
@@ -83,6 +83,7 @@ from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, re
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
+    "required_weights",
     "PAPER",
     "PaperRow",
     "TABLE3",
@@ -812,3 +813,9 @@ def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: 
         return {"Grad-CAM": gradcam_maps(model, ds.images, config, targets=explain)}
 
     return _common.localisation_table(models, ds, maps, map_column=None)
+
+
+def required_weights(setup: Setup) -> list[WeightFile]:
+    """The pretrained files the chapter loads in ``setup``'s profile: VGG-Face in ``paper``
+    (the pre-trained column), none in the SynFER profiles (their stand-in is trained here)."""
+    return [] if setup.synthetic else [vggface_weight_file()]

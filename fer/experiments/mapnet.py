@@ -83,7 +83,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, model_batch
 from ..explain import cam, capture
 from ..layers import resize_mask
 from ..losses import MapNetLoss, root_inverse_weights
-from ..models import create_model
+from ..models import WeightFile, create_model, torchvision_weight_file
 from ..models.mapnet import MaskChannelInput, block_weights, mask_forward
 from ..runs import RunResult, run
 from ..train import TrainConfig
@@ -92,6 +92,7 @@ from ._common import ChapterSplits, ProfileSetup, random_subset, require_data_ro
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
+    "required_weights",
     "PAPER",
     "TABLE1",
     "TABLE2",
@@ -707,3 +708,12 @@ def mask_energy(maps: Mapping[str, np.ndarray], masks: torch.Tensor) -> dict[str
         m = resize_mask(masks.float()[:, 0], tuple(v.shape[-2:])).numpy()
         out[k] = float(np.mean((v * m).sum((1, 2)) / np.maximum(v.sum((1, 2)), 1e-12)))
     return out
+
+
+def required_weights(setup: Setup) -> list[WeightFile]:
+    """The pretrained files the chapter loads in ``setup``'s profile: torchvision's ImageNet
+    file of the trunk when ``setup.pretrained`` (the paper profile's ResNet-50)."""
+    from ..models.mapnet import BACKBONES
+
+    weights = BACKBONES[setup.backbone][2]
+    return [torchvision_weight_file(weights)] if setup.pretrained and weights is not None else []

@@ -73,7 +73,7 @@ from ..data.synfer.regions import region_maps
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..explain import capture, localisation_scores
 from ..losses import abn_loss
-from ..models import create_model
+from ..models import WeightFile, create_model, torchvision_weight_file
 from ..models.masked import Abn, Fecn, SharedFecn
 from ..runs import Run, RunResult, run, runs_root
 from ..train import Stage, TrainConfig
@@ -81,6 +81,7 @@ from ._common import ChapterSplits, ProfileSetup, model_input, paper_command, re
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
+    "required_weights",
     "PAPER",
     "PAPER_CLASSES",
     "PAPER_CLASS_NAME",
@@ -658,3 +659,14 @@ def parameter_table(setup: Setup | None = None):
         ("saved by sharing", _count(f) - _count(s), "one feature extractor"),
     ]
     return pd.DataFrame(rows, columns=["model", "parameters", "note"])
+
+
+def required_weights(setup: Setup) -> list[WeightFile]:
+    """The pretrained files the chapter loads in ``setup``'s profile: torchvision's ImageNet
+    VGG11 (with batch norm when ``setup.batch_norm``) when ``setup.pretrained``."""
+    import torchvision
+
+    if not setup.pretrained:
+        return []
+    enum = torchvision.models.VGG11_BN_Weights if setup.batch_norm else torchvision.models.VGG11_Weights
+    return [torchvision_weight_file(enum.IMAGENET1K_V1)]

@@ -83,7 +83,7 @@ from ..data.synfer import SynFER
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, five_crop
 from ..explain import capture
 from ..losses import BETA, BetaCrossEntropy
-from ..models import create_model
+from ..models import WeightFile, create_model, torchvision_weight_file
 from ..models.msanet import MsaNet
 from ..runs import RunResult, run
 from ..train import TrainConfig
@@ -92,6 +92,7 @@ from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, re
 from ._common import profile_setups as _profile_setups
 
 __all__ = [
+    "required_weights",
     "PAPER",
     "PaperMethod",
     "TABLE1",
@@ -649,3 +650,11 @@ def localisation_table(models: Mapping[str, tuple[nn.Module, TrainConfig]], ds: 
         return out
 
     return _common.localisation_table(models, ds, maps, targets=targets)
+
+
+def required_weights(setup: Setup) -> list[WeightFile]:
+    """The pretrained files the chapter loads in ``setup``'s profile: torchvision's ImageNet
+    ResNet-18 (the pre-extractor) when ``setup.pretrained``."""
+    import torchvision
+
+    return [torchvision_weight_file(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)] if setup.pretrained else []

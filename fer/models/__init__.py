@@ -28,7 +28,8 @@ keyword arguments. User-supplied weight files live in :func:`weights_dir`
 from __future__ import annotations
 
 from . import cbam_vgg, dlib_resnet, fer_judge, manet, mapnet, masked, msanet
-from ._hub import load_torchvision_state_dict, torch_hub_checkpoint_path, weights_dir
+from ._hub import (WeightFile, load_torchvision_state_dict, missing_weights, torch_hub_checkpoint_path,
+                   torchvision_weight_file, weights_dir)
 from ._registry import create_model, is_model, list_models, model_entrypoint, register_model
 from .cbam_vgg import (
     VGGFACE_URL,
@@ -38,6 +39,7 @@ from .cbam_vgg import (
     VggFer,
     load_vggface,
     vggface_path,
+    vggface_weight_file,
 )
 
 __all__ = [
@@ -49,6 +51,10 @@ __all__ = [
     "weights_dir",
     "torch_hub_checkpoint_path",
     "load_torchvision_state_dict",
+    "WeightFile",
+    "missing_weights",
+    "torchvision_weight_file",
+    "vggface_weight_file",
     "cbam_vgg",
     "dlib_resnet",
     "fer_judge",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
 from urllib.parse import urlparse
@@ -26,7 +27,8 @@ import fer
 from .._dry_run import dry_run
 
 __all__ = ["weights_dir", "torch_hub_checkpoint_path", "load_torchvision_state_dict", "dry_run",
-           "missing_weights", "note_missing_weights", "torchvision_weights_file"]
+           "missing_weights", "note_missing_weights", "torchvision_weights_file", "WeightFile",
+           "torchvision_weight_file"]
 
 #: Environment variable naming the folder of user-supplied weight files.
 WEIGHTS_ENV = "FER_WEIGHTS"
@@ -49,6 +51,24 @@ def missing_weights() -> dict[str, str]:
 def torchvision_weights_file(weights: WeightsEnum) -> Path:
     """The file torch.hub caches ``weights`` in (:func:`torch_hub_checkpoint_path`)."""
     return torch_hub_checkpoint_path(weights.url)
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A pretrained-weight file a run needs: where it must be, and how to get it there."""
+
+    path: Path
+    fix: str
+
+    @property
+    def present(self) -> bool:
+        return self.path.is_file()
+
+
+def torchvision_weight_file(weights: WeightsEnum) -> WeightFile:
+    """The :class:`WeightFile` of torchvision ``weights`` (in the torch.hub cache)."""
+    target = torchvision_weights_file(weights)
+    return WeightFile(target, _fix_message(weights, target))
 
 
 def _random_state_dict(weights: WeightsEnum) -> Dict[str, Any]:

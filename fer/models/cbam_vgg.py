@@ -109,7 +109,8 @@ from torch import nn
 
 from fer.layers import CbamModule
 
-from ._hub import load_torchvision_state_dict, weights_dir
+from .._dry_run import dry_run
+from ._hub import WeightFile, load_torchvision_state_dict, note_missing_weights, weights_dir
 from ._registry import register_model
 
 __all__ = [
@@ -127,6 +128,7 @@ __all__ = [
     "vgg16_widths",
     "vggface_path",
     "load_vggface",
+    "vggface_weight_file",
     "small_cnn",
     "vgg16_flatten",
     "vgg16_gap",
@@ -545,6 +547,18 @@ def vggface_path(path: Optional[Union[str, Path]] = None) -> Path:
     return Path(path).expanduser() if path is not None else weights_dir() / VGGFACE_FILENAME
 
 
+def vggface_weight_file(path: Optional[Union[str, Path]] = None) -> WeightFile:
+    """The VGG-Face :class:`~fer.models.WeightFile` (:func:`vggface_path`) and how to get it."""
+    file = vggface_path(path)
+    return WeightFile(file, _vggface_fix(file))
+
+
+def _vggface_fix(file: Path) -> str:
+    return (f"Fix: download {VGGFACE_URL} (Albanie's PyTorch conversion of VGG-Face, "
+            f"Parkhi et al. 2015; 580 MB) and save it as {file}, or set $FER_WEIGHTS to the "
+            f"folder holding {VGGFACE_FILENAME}, or pass path=...")
+
+
 def _vgg_features_of(model: nn.Module) -> nn.Sequential:
     features = model if isinstance(model, nn.Sequential) else getattr(model, "features", None)
     convs = [m for m in features.modules() if isinstance(m, nn.Conv2d)] if isinstance(features, nn.Module) else []
@@ -598,12 +612,11 @@ def load_vggface(model: nn.Module, path: Optional[Union[str, Path]] = None) -> n
     features = _vgg_features_of(model)
     file = vggface_path(path)
     if not file.is_file():
-        raise FileNotFoundError(
-            f"VGG-Face weights not found at {file}.\n"
-            f"Fix: download {VGGFACE_URL} (Albanie's PyTorch conversion of VGG-Face, "
-            f"Parkhi et al. 2015; 580 MB) and save it as {file}, or set $FER_WEIGHTS to the "
-            f"folder holding {VGGFACE_FILENAME}, or pass path=..."
-        )
+        fix = _vggface_fix(file)
+        if dry_run():  # the dry run goes on with random weights and lists the file
+            note_missing_weights(file, fix)
+            return model
+        raise FileNotFoundError(f"VGG-Face weights not found at {file}.\n{fix}")
     state = _read_state_dict(file)
     wanted = [f"{n}.{p}" for n in VGGFACE_CONV_NAMES for p in ("weight", "bias")]
     missing = [k for k in wanted if k not in state]

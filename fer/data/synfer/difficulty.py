@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+from ..._dry_run import STEPS as DRY_STEPS
+from ..._dry_run import dry_run
 from ..._progress import bar_disabled
 
 __all__ = ["SmallCNN", "materialize", "fit_probe", "evaluate_probe", "ProbeResult", "difficulty_table"]
@@ -74,7 +76,8 @@ def fit_probe(train: tuple[torch.Tensor, torch.Tensor], *, num_classes: int, epo
     """Train :class:`SmallCNN` on (images, labels); returns the model and the seconds it took.
 
     Adam with a one-cycle schedule, random horizontal flips; deterministic for a
-    given seed on CPU. ``device`` defaults to CUDA when available.
+    given seed on CPU. ``device`` defaults to CUDA when available. In the book's dry run
+    (``FER_DRY_RUN=1``) it stops after :data:`fer._dry_run.STEPS` steps.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     g = torch.Generator().manual_seed(seed)
@@ -86,11 +89,17 @@ def fit_probe(train: tuple[torch.Tensor, torch.Tensor], *, num_classes: int, epo
     steps = epochs * ((n + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1))
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, desc=desc, disable=bar_disabled(progress), leave=False)
+    limit = DRY_STEPS if dry_run() else None  # the book's dry run: a few steps prove the path
+    bar = tqdm(total=steps if limit is None else min(steps, limit), desc=desc, disable=bar_disabled(progress),
+               leave=False)
     model.train()
+    done = 0
     for _ in range(epochs):
         perm = torch.randperm(n, generator=g)
         for k in range(0, n, batch_size):
+            if limit is not None and done >= limit:
+                break
+            done += 1
             idx = perm[k:k + batch_size]
             x = _normalise(x_tr[idx])
             flip = torch.rand(len(idx), generator=g) < 0.5
