@@ -2,7 +2,8 @@
 
 ``FER_DRY_RUN=1`` makes :func:`fer.train.fit` train each stage of a run for
 :data:`STEPS` optimiser steps of at most :data:`BATCH` faces, and :func:`fer.train.evaluate`
-score :data:`EVAL_BATCHES` batches of :data:`BATCH`; the pretrained-weight loaders go on
+score :data:`EVAL_BATCHES` batches of :data:`BATCH`; a chapter explains :data:`EXPLAIN` faces;
+the pretrained-weight loaders go on
 without a missing file (:func:`fer.models.missing_weights`). Everything else (models at full
 width, input size, optimiser, schedule, losses, loaders) is the profile's own.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DRY_RUN_ENV", "STEPS", "BATCH", "EVAL_BATCHES", "dry_run"]
+__all__ = ["DRY_RUN_ENV", "STEPS", "BATCH", "EVAL_BATCHES", "EXPLAIN", "dry_run"]
 
 #: Environment variable that turns the dry run on (``1``).
 DRY_RUN_ENV = "FER_DRY_RUN"
@@ -20,6 +21,8 @@ STEPS = 2
 BATCH = 4
 #: Batches per evaluation.
 EVAL_BATCHES = 2
+#: Faces in a chapter's explanation set (Grad-CAM, attention maps, localisation scores).
+EXPLAIN = 16
 
 
 def dry_run() -> bool:

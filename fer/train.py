@@ -1010,7 +1010,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, conf
                 pos.records.append(record)
                 finished = pos.epoch == config.epochs
                 if run_path is not None and main:
-                    if pos.epoch % config.checkpoint_every == 0 or finished or last_of_stage:
+                    # a dry run writes its one checkpoint at the end: full-size models make each write slow
+                    if finished or (not dry and (pos.epoch % config.checkpoint_every == 0 or last_of_stage)):
                         save_checkpoint(ckpt_path, _checkpoint_state(
                             model, optimizer, config=config, pos=pos, stage=si, finished=finished,
                             schedule={"name": config.schedule, "lr": record["lr"], "base_lr": base_lr,

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._dry_run import EXPLAIN as DRY_EXPLAIN
+from .._dry_run import dry_run
 from ..data.cached import CachedDataset, cache_dataset
 from ..data.synfer import SynFER
 from ..data.transforms import model_input  # the one uint8 -> model input path, re-exported for the chapters
@@ -248,9 +250,12 @@ def explain_faces(variant: str, n: int, *, seed: int, split: str = "test",
     """``n`` class-balanced SynFER ``variant`` faces with their relevance maps, drawn with
     ``seed + EXPLAIN_SEED_OFFSET`` (neither training nor test faces of any run), cached with ``keys``.
 
-    Used in every profile: real faces have no ground truth of where the evidence is.
+    Used in every profile: real faces have no ground truth of where the evidence is. A dry
+    run explains :data:`fer._dry_run.EXPLAIN` faces at most.
     ``synfer_kw`` go to :class:`fer.data.SynFER` (``image_size``...).
     """
+    if dry_run():
+        n = min(n, DRY_EXPLAIN)
     ds = SynFER(variant, split, n=n, seed=seed + EXPLAIN_SEED_OFFSET, with_relevance=True, class_balance="uniform",
                 **synfer_kw)
     return cache_dataset(ds, keys=tuple(keys), progress=progress, desc="SynFER explain set")

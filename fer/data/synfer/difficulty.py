@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+from ..._dry_run import EVAL_BATCHES as DRY_EVAL_BATCHES
 from ..._dry_run import STEPS as DRY_STEPS
 from ..._dry_run import dry_run
 from ..._progress import bar_disabled
@@ -140,11 +141,16 @@ def difficulty_table(settings: dict[str, Sequence[str]], *, n_train: int, n_test
     FED-RO protocol: train in the wild, test on occluded faces). Training and
     test sets are class-balanced, so chance is 1 / num_classes and the numbers
     measure how hard the faces are, not how skewed the classes. Returns a pandas
-    DataFrame with one row per (train, test) pair.
+    DataFrame with one row per (train, test) pair. In the book's dry run it renders only
+    the faces the capped probe uses.
     """
     import pandas as pd
 
     from .dataset import SynFER
+
+    if dry_run():  # render no more faces than the capped probe trains on and scores
+        batch = int(probe_kw.get("batch_size", 64))
+        n_train, n_test = min(n_train, DRY_STEPS * batch), min(n_test, DRY_EVAL_BATCHES * batch)
 
     def render(variant: str, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         ds = SynFER(variant, split, n=n, seed=seed, image_size=image_size, class_balance="uniform",
