@@ -17,9 +17,9 @@ __all__ = ["DRY_RUN_ENV", "STEPS", "BATCH", "EVAL_BATCHES", "EXPLAIN", "dry_run"
 DRY_RUN_ENV = "FER_DRY_RUN"
 #: Optimiser steps per training stage.
 STEPS = 2
-#: Largest training and evaluation batch.
-BATCH = 4
-#: Batches per evaluation.
+#: Largest training and evaluation batch (2: batch norm still sees a batch).
+BATCH = 2
+#: Batches per evaluation (scored once, at the end of a run).
 EVAL_BATCHES = 2
 #: Faces in a chapter's explanation set (Grad-CAM, attention maps, localisation scores).
 EXPLAIN = 16

@@ -997,7 +997,10 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset | None = None, conf
                 record.update(stage=si, stage_name=stage.name)
                 last_of_stage = epoch + 1 == end
                 val = None
-                if val_loader is not None and ((epoch + 1) % config.eval_every == 0 or last_of_stage):
+                evaluate_now = (epoch + 1) % config.eval_every == 0 or last_of_stage
+                if dry:  # a dry run scores once, at the end: the path is the same every time
+                    evaluate_now = epoch + 1 == config.epochs
+                if val_loader is not None and evaluate_now:
                     val = _run_eval(fwd, val_loader, transform=transform, loss_fn=eval_loss,
                                     output_to_logits=output_to_logits, forward_fn=forward_fn, accelerator=acc,
                                     bf16=bf16, progress=not disable, desc="val",

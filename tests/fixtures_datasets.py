@@ -17,7 +17,7 @@ from fer.data import CLASSES, SynFER
 from fer.data.datasets import affectnet, ckplus, fer2013, rafdb
 
 __all__ = ["faces", "write_rafdb", "write_fer2013", "write_affectnet", "write_ckplus", "write_fedro",
-           "code_of", "CK_SUBJECTS"]
+           "code_of", "CK_SUBJECTS", "write_data_root"]
 
 SEVEN = CLASSES[:7]
 
@@ -190,3 +190,14 @@ def write_fedro(root: Path, per_class: int = 2) -> dict[str, str]:
         _save(img, root / FEDRO_FOLDERS[expr] / name, quality=95)
         expected[name] = expr
     return expected
+
+
+# ---------------------------------------------------------------------- a whole data root
+def write_data_root(root: Path) -> Path:
+    """RAF-DB, FER2013, AffectNet, CK+ and FED-RO in their release layouts, 2-6 faces per class."""
+    write_rafdb(root / "rafdb", n_train=28, n_test=14)
+    write_fer2013(root / "fer2013", usages=("Training",) * 28 + ("PublicTest",) * 14 + ("PrivateTest",) * 14)
+    write_affectnet(root / "affectnet", n_train=32, n_test=16)
+    write_ckplus(root / "ckplus")
+    write_fedro(root / "fedro", per_class=2)
+    return root

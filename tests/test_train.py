@@ -450,7 +450,7 @@ def test_rng_state_roundtrip_through_a_weights_only_file(tmp_path):
 
 
 def test_dry_run_caps_every_stage_and_evaluation(monkeypatch):
-    """FER_DRY_RUN=1: each stage trains 2 steps of at most 4 faces, evaluation scores 2 batches of 4."""
+    """FER_DRY_RUN=1: each stage trains 2 steps of at most 2 faces, evaluation scores 2 batches of 2."""
     from fer import _dry_run
     from fer.data import SynFER, cache_dataset
     from fer.train import Stage
@@ -461,6 +461,7 @@ def test_dry_run_caps_every_stage_and_evaluation(monkeypatch):
     monkeypatch.setenv("FER_DRY_RUN", "1")
     history = fit(model, ds, ds, cfg, progress=False)
     assert [(r["epoch"], r["step"], r["stage"]) for r in history] == [(1, 2, 0), (2, 4, 1)]
+    assert [r["val_accuracy"] is None for r in history] == [True, False]  # scored once, at the end
     assert evaluate(model, ds, cfg, progress=False)["num_samples"] == _dry_run.EVAL_BATCHES * _dry_run.BATCH
     monkeypatch.delenv("FER_DRY_RUN")
     assert evaluate(model, ds, cfg, progress=False)["num_samples"] == 64
