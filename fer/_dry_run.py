@@ -3,15 +3,23 @@
 ``FER_DRY_RUN=1`` makes :func:`fer.train.fit` train each stage of a run for
 :data:`STEPS` optimiser steps of at most :data:`BATCH` faces, and :func:`fer.train.evaluate`
 score :data:`EVAL_BATCHES` batches of :data:`BATCH`; a chapter explains :data:`EXPLAIN` faces;
+repetitions of the same code path are capped (:func:`cap_repetitions`: one seed, one fold, a
+sweep's two ends), since the second seed of a run exercises nothing the first did not;
 the pretrained-weight loaders go on
-without a missing file (:func:`fer.models.missing_weights`). Everything else (models at full
+without a missing file and record it here (:func:`note_missing_weights`, :func:`missing_weights`),
+so the page's banner and the book report list it. Everything else (models at full
 width, input size, optimiser, schedule, losses, loaders) is the profile's own.
 """
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-__all__ = ["DRY_RUN_ENV", "STEPS", "BATCH", "EVAL_BATCHES", "EXPLAIN", "dry_run"]
+__all__ = ["DRY_RUN_ENV", "STEPS", "BATCH", "EVAL_BATCHES", "EXPLAIN", "REPEATED", "SWEPT", "dry_run",
+           "cap_repetitions", "note_missing_weights", "missing_weights"]
 
 #: Environment variable that turns the dry run on (``1``).
 DRY_RUN_ENV = "FER_DRY_RUN"
@@ -24,7 +32,44 @@ EVAL_BATCHES = 2
 #: Faces in a chapter's explanation set (Grad-CAM, attention maps, localisation scores).
 EXPLAIN = 16
 
+#: Setup fields that repeat one run over seeds or folds: a dry run keeps their first value.
+REPEATED = ("seeds", "sweep_seeds", "affectnet_seeds", "folds")
+#: Setup fields that sweep a hyper-parameter: a dry run keeps their first and last values.
+SWEPT = ("blocks_values", "alpha_values")
+
 
 def dry_run() -> bool:
     """``True`` when ``$FER_DRY_RUN`` is ``1``."""
     return os.environ.get(DRY_RUN_ENV) == "1"
+
+
+def cap_repetitions(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` (a chapter ``Setup``'s field values) with its repetitions capped for a dry run.
+
+    Fields in :data:`REPEATED` keep their first value and those in :data:`SWEPT` their
+    first and last; other fields, and ``None`` or empty values, are left as they are.
+    Every other setting stays the profile's own, so each code path still runs once.
+    """
+    out = dict(params)
+    for name in REPEATED + SWEPT:
+        values = out.get(name)
+        if isinstance(values, (list, tuple)) and len(values) > 1:
+            kept = values[:1] if name in REPEATED else [values[0], values[-1]]
+            out[name] = type(values)(kept)
+    return out
+
+
+#: Messages about weight files a dry run went without, in the order met (one per file).
+_MISSING: dict[str, str] = {}
+
+
+def note_missing_weights(file: Path | str, message: str) -> None:
+    """Record that a dry run goes on without ``file`` (random initialisation), and warn."""
+    if str(file) not in _MISSING:
+        _MISSING[str(file)] = message
+        warnings.warn(f"dry run: using random initialisation instead of {file}. {message}", stacklevel=3)
+
+
+def missing_weights() -> dict[str, str]:
+    """``{file: message}`` for every weight file this process's dry run went without."""
+    return dict(_MISSING)

@@ -124,7 +124,6 @@ __all__ = [
     "find_root",
     "toc_entries",
     "read_toc",
-    "load_profiles",
     "parameter_names",
     "notebook_parameters",
     "package_fingerprint",
@@ -312,11 +311,6 @@ def read_toc(root: Path) -> list[Path]:
             )
         pages.extend(p for p in found if p not in pages)
     return pages
-
-
-def load_profiles(root: Path, profile: str) -> dict[str, dict[str, Any]]:
-    """Per-notebook injected parameters for ``profile`` (:func:`fer.profiles.page_entries`)."""
-    return page_entries(root, profile)
 
 
 def _parameters_cell(nb: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -597,7 +591,7 @@ def _plan(
     dry_run: bool = False,
 ) -> list[_Job]:
     """Check every notebook's parameters and compute its cache key, before running any."""
-    profiles = load_profiles(paths.root, profile)
+    profiles = page_entries(paths.root, profile)
     chapters = chapter_entries(paths.root, profile)
     pkg_fp, env_fp = package_fingerprint(package_dir), environment_fingerprint()
     jobs = []

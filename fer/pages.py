@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .models._hub import dry_run, missing_weights
+from ._dry_run import dry_run, missing_weights
 
 __all__ = ["banner"]
 

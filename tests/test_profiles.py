@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fer import REPO_ROOT, book
-from fer.profiles import ProfileError, chapter_entry, chapter_of, find_root, read_profiles
+from fer.profiles import ProfileError, chapter_entry, chapter_of, find_root, page_entries, read_profiles
 
 CHAPTERS = ("cbam_vgg", "manet", "mapnet", "msanet", "masked")
 
@@ -23,7 +23,7 @@ def test_every_page_resolves(profile: str) -> None:
     """What the runner checks before executing anything, for the real book, and each chapter
     page's setup: the one call it makes gives the chapter's setup for that profile."""
     pages = _pages()
-    entries = book.load_profiles(REPO_ROOT, profile)
+    entries = page_entries(REPO_ROOT, profile)
     chapters = {}
     for rel in pages:
         params = book.notebook_parameters(rel.as_posix(), book.parameter_names(REPO_ROOT / rel), profile, entries,

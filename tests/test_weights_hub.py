@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision
 
+from fer import _dry_run
 from fer.models import _hub, create_model
 
 W = torchvision.models
@@ -57,7 +58,7 @@ def test_imagenet_weights_load_from_the_hub_cache(case: str, hub: Path) -> None:
     torch.manual_seed(0)
     state = build().state_dict()
     target = hub / Path(weights.url).name
-    assert target == _hub.torchvision_weights_file(weights)
+    assert target == _hub.torchvision_weight_file(weights).path
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, target)
     model = create_model(name, pretrained=True, num_classes=7, **kwargs)
@@ -74,11 +75,11 @@ def test_missing_weights_fail_a_real_run_and_are_listed_by_a_dry_run(hub: Path,
         create_model("msanet", pretrained=True)
     assert "download https://download.pytorch.org/models/resnet18-f37072fd.pth" in str(err.value)
     monkeypatch.setenv("FER_DRY_RUN", "1")
-    monkeypatch.setattr(_hub, "_MISSING", {})
+    monkeypatch.setattr(_dry_run, "_MISSING", {})
     with pytest.warns(UserWarning, match="dry run: using random initialisation"):
         model = create_model("msanet", pretrained=True)
     assert model is not None
     missing = _hub.missing_weights()
-    assert list(missing) == [str(_hub.torchvision_weights_file(weights))]
+    assert list(missing) == [str(_hub.torchvision_weight_file(weights).path)]
     message = missing[str(hub / "resnet18-f37072fd.pth")]
     assert "download https://download.pytorch.org/models/resnet18-f37072fd.pth" in message

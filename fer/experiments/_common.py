@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from .._dry_run import EXPLAIN as DRY_EXPLAIN
-from .._dry_run import dry_run
+from .._dry_run import cap_repetitions, dry_run
 from ..data.cached import CachedDataset, cache_dataset
 from ..data.synfer import SynFER
 from ..data.transforms import model_input  # the one uint8 -> model input path, re-exported for the chapters
 from ..explain import cam, localisation_scores
 from ..models import load_vggface
-from ..profiles import PROFILES_FILE, ProfileError, chapter_entry, resolve_device
+from ..profiles import PROFILES_FILE, ProfileError, chapter_entry, find_root, read_profiles, resolve_device
 from ..runs import Run, RunResult, run
 from ..train import TrainConfig
 
@@ -64,25 +64,31 @@ class ProfileSetup:
 
         ``smoke`` is the dataclass defaults; ``demo`` and ``paper`` are the chapter's entry
         in ``book/profiles.yml`` (:func:`fer.profiles.chapter_entry`) over those defaults.
-        ``data_root``, ``device`` and ``changes`` (field values) go on top.
+        ``data_root``, ``device`` and ``changes`` (field values) go on top. In a dry run
+        (:func:`fer._dry_run.dry_run`) repetitions are capped last
+        (:func:`fer._dry_run.cap_repetitions`).
         """
-        params: dict[str, Any] = {}
-        if profile != "smoke":
-            entry = chapter_entry(cls.chapter, profile, root)
-            if entry is None:
-                raise ProfileError(
-                    f"{PROFILES_FILE.as_posix()} has no {profile!r} entry for the chapter {cls.chapter!r}: add "
-                    f"'{cls.chapter}: {{{profile}: {{...}}}}' with the {profile} values of its Setup fields")
-            names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-            unknown = sorted(set(entry) - names)
-            if unknown:
-                raise ProfileError(
-                    f"{PROFILES_FILE.as_posix()}: the {profile!r} entry of {cls.chapter!r} sets {', '.join(unknown)}, "
-                    f"which {cls.__module__}.{cls.__qualname__} has no field for: fix the key, or put a page's own "
-                    "knob in that page's entry")
-            params.update(entry)
-        params.update(changes)
-        return cls.from_params(**{**params, "profile": profile, "data_root": data_root, "device": device})
+        entry = None if profile == "smoke" else chapter_entry(cls.chapter, profile, root)
+        if profile != "smoke" and entry is None:
+            raise ProfileError(
+                f"{PROFILES_FILE.as_posix()} has no {profile!r} entry for the chapter {cls.chapter!r}: add "
+                f"'{cls.chapter}: {{{profile}: {{...}}}}' with the {profile} values of its Setup fields")
+        return cls._from_entry(profile, entry or {}, data_root=data_root, device=device, **changes)
+
+    @classmethod
+    def _from_entry(cls: type[S], profile: str, entry: Mapping[str, Any], *, data_root: str | None = None,
+                    device: str = "auto", **changes: Any) -> S:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(entry) - names)
+        if unknown:
+            raise ProfileError(
+                f"{PROFILES_FILE.as_posix()}: the {profile!r} entry of {cls.chapter!r} sets {', '.join(unknown)}, "
+                f"which {cls.__module__}.{cls.__qualname__} has no field for: fix the key, or put a page's own "
+                "knob in that page's entry")
+        params = {**entry, **changes, "profile": profile, "data_root": data_root, "device": device}
+        if dry_run():
+            params = cap_repetitions(params)
+        return cls.from_params(**params)
 
     def resolved_device(self) -> str:
         """``device`` with ``"auto"`` resolved (:func:`fer.profiles.resolve_device`)."""
@@ -91,10 +97,11 @@ class ProfileSetup:
 
 def profile_setups(setup_cls: type[S], root: str | Path | None = None) -> dict[str, S]:
     """Every profile's setup of a chapter (a profile without a chapter entry is left out)."""
+    entries = read_profiles(find_root(root)).get(setup_cls.chapter, {})
     out = {"smoke": setup_cls()}
     for prof in ("demo", "paper"):
-        if chapter_entry(setup_cls.chapter, prof, root) is not None:
-            out[prof] = setup_cls.for_profile(prof, root=root)
+        if prof in entries:
+            out[prof] = setup_cls._from_entry(prof, entries[prof])
     return out
 
 

@@ -8,13 +8,12 @@
   otherwise says which file to put where.
 * In a dry run (``FER_DRY_RUN=1``, set by ``python -m fer.book run --dry-run``) a weight
   file that is not there does not stop the run: the model keeps its random initialisation,
-  and the file is recorded (:func:`missing_weights`) so the page and the report list it,
+  and the file is recorded (:func:`fer._dry_run.missing_weights`, re-exported here) so the page and the report list it,
   with the same message a real run fails with.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
@@ -24,33 +23,13 @@ import torch
 from torchvision.models import WeightsEnum
 
 import fer
-from .._dry_run import dry_run
+from .._dry_run import dry_run, missing_weights, note_missing_weights
 
-__all__ = ["weights_dir", "torch_hub_checkpoint_path", "load_torchvision_state_dict", "dry_run",
-           "missing_weights", "note_missing_weights", "torchvision_weights_file", "WeightFile",
-           "torchvision_weight_file"]
+__all__ = ["weights_dir", "torch_hub_checkpoint_path", "load_torchvision_state_dict", "missing_weights",
+           "note_missing_weights", "WeightFile", "torchvision_weight_file"]
 
 #: Environment variable naming the folder of user-supplied weight files.
 WEIGHTS_ENV = "FER_WEIGHTS"
-#: Messages about weight files a dry run went without, in the order met (one per file).
-_MISSING: dict[str, str] = {}
-
-
-def note_missing_weights(file: Path | str, message: str) -> None:
-    """Record that a dry run goes on without ``file`` (random initialisation), and warn."""
-    if str(file) not in _MISSING:
-        _MISSING[str(file)] = message
-        warnings.warn(f"dry run: using random initialisation instead of {file}. {message}", stacklevel=3)
-
-
-def missing_weights() -> dict[str, str]:
-    """``{file: message}`` for every weight file this process's dry run went without."""
-    return dict(_MISSING)
-
-
-def torchvision_weights_file(weights: WeightsEnum) -> Path:
-    """The file torch.hub caches ``weights`` in (:func:`torch_hub_checkpoint_path`)."""
-    return torch_hub_checkpoint_path(weights.url)
 
 
 @dataclass(frozen=True)
@@ -67,7 +46,7 @@ class WeightFile:
 
 def torchvision_weight_file(weights: WeightsEnum) -> WeightFile:
     """The :class:`WeightFile` of torchvision ``weights`` (in the torch.hub cache)."""
-    target = torchvision_weights_file(weights)
+    target = torch_hub_checkpoint_path(weights.url)
     return WeightFile(target, _fix_message(weights, target))
 
 

@@ -610,13 +610,13 @@ def load_vggface(model: nn.Module, path: Optional[Union[str, Path]] = None) -> n
     on 0-1 tensors.
     """
     features = _vgg_features_of(model)
-    file = vggface_path(path)
-    if not file.is_file():
-        fix = _vggface_fix(file)
+    weight_file = vggface_weight_file(path)
+    file = weight_file.path
+    if not weight_file.present:
         if dry_run():  # the dry run goes on with random weights and lists the file
-            note_missing_weights(file, fix)
+            note_missing_weights(file, weight_file.fix)
             return model
-        raise FileNotFoundError(f"VGG-Face weights not found at {file}.\n{fix}")
+        raise FileNotFoundError(f"VGG-Face weights not found at {file}.\n{weight_file.fix}")
     state = _read_state_dict(file)
     wanted = [f"{n}.{p}" for n in VGGFACE_CONV_NAMES for p in ("weight", "bias")]
     missing = [k for k in wanted if k not in state]
