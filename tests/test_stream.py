@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 import fixtures_datasets as fx
 from fer.data import load_dataset
 from fer.data import stream
-from fer.data.cached import CachedDataset, StreamedDataset, cache_dataset, cached_fingerprint
+from fer.data.cached import CachedDataset, ConcatCachedDataset, StreamedDataset, cache_dataset, cached_fingerprint
 from fer.data.cached import make_loader as _make_loader
 from fer.data.masks import face_mask
 from fer.train import TrainConfig, evaluate
@@ -230,3 +230,33 @@ def test_the_budget_picks_memory_or_disk(affectnet_root, tmp_path, monkeypatch):
     assert _stores(tmp_path / "e") == []
     monkeypatch.delenv("FER_MEMORY_BUDGET")
     assert 0 < stream.memory_budget() <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_concatenation_is_a_view_equal_to_torch_cat(affectnet_root, tmp_path):
+    """MAPNet's joint AffectNet + RAF-DB set: on-disk parts stay on disk, and every item, batch,
+    subset and fingerprint equals that of the ``torch.cat`` set it replaces (same run keys)."""
+    ds = _train(affectnet_root)
+    mem = cache_dataset(ds, keys=KEYS, progress=False)
+    st = cache_dataset(ds, keys=KEYS, progress=False, cache_dir=tmp_path, memory_budget=0)
+    small = mem.subset([5, 2, 9])
+    joined = CachedDataset({k: torch.cat([mem.tensors[k], small.tensors[k]]) for k in KEYS}, classes=mem.classes,
+                           source_fingerprint=f"concat({st.fingerprint()},{small.fingerprint()})")
+    view = ConcatCachedDataset([st, small])
+    assert len(view) == len(joined) == 24 and view.fingerprint() == joined.fingerprint()
+    assert view.targets == joined.targets and view.class_counts == joined.class_counts
+    for i in (0, 20, 21, 23, -1):
+        _equal_items(view[i], joined[i])
+    order = [22, 3, 21, 3, 0, 20]  # across the parts, unsorted, repeated
+    _equal_items(view.__getitems__(order), joined.__getitems__(order))
+    sub_v, sub_j = view.subset([23, 1, 21]), joined.subset([23, 1, 21])
+    assert isinstance(sub_v, ConcatCachedDataset) and sub_v.fingerprint() == sub_j.fingerprint()
+    _equal_items(sub_v.__getitems__([2, 0]), sub_j.__getitems__([2, 0]))
+    assert torch.equal(view.images, joined.images)
+    batches_v = list(_make_loader(view, batch_size=5, shuffle=True, seed=1, num_workers=0, drop_last=False,
+                                  pin_memory=False))
+    batches_j = list(_make_loader(joined, batch_size=5, shuffle=True, seed=1, num_workers=0, drop_last=False,
+                                  pin_memory=False))
+    for bv, bj in zip(batches_v, batches_j, strict=True):
+        _equal_items(bv, bj)
+    with pytest.raises(IndexError):
+        view.__getitems__([24])

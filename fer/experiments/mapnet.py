@@ -76,7 +76,7 @@ import torch
 from torch import nn
 
 from ..data import CLASSES_7
-from ..data.cached import CachedDataset, cache_dataset, cached_fingerprint
+from ..data.cached import CachedDataset, ConcatCachedDataset, cache_dataset, cached_fingerprint
 from ..data.masks import face_mask
 from ..data.synfer import SynFER
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, model_batch
@@ -397,9 +397,8 @@ def affectnet_subset(targets: Sequence[int], n: int = PAPER_DATA["AffectNet"][0]
 
 
 def _concat(a: CachedDataset, b: CachedDataset, name: str) -> CachedDataset:
-    keys = [k for k in a.tensors if k in b.tensors]
-    return CachedDataset({k: torch.cat([a.tensors[k], b.tensors[k]]) for k in keys}, classes=a.classes,
-                         source_fingerprint=f"concat({a.fingerprint()},{b.fingerprint()})", name=name)
+    # a view: the two training sets stay where cache_dataset put them (on disk at AffectNet scale)
+    return ConcatCachedDataset([a, b], classes=a.classes, name=name)
 
 
 def load_data(setup: Setup, dataset: str = "rafdb", *, progress: bool = True) -> ChapterData:

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.cached import CachedDataset, cache_dataset
+from ..data.cached import CachedDataset, ConcatCachedDataset, cache_dataset
 from ..data.labels import resolve_classes
 from ..data.masks import (
     M_FER_CLASSES,
@@ -267,12 +267,8 @@ def _concat(parts: Sequence[CachedDataset], name: str) -> CachedDataset:
     parts = [p for p in parts if len(p)]
     if len(parts) == 1:
         return parts[0]
-    keys = set(parts[0].tensors)
-    for p in parts[1:]:
-        keys &= set(p.tensors)
     fp = hashlib.sha256(":".join(p.fingerprint() for p in parts).encode()).hexdigest()[:16]
-    return CachedDataset({k: torch.cat([p.tensors[k] for p in parts]) for k in sorted(keys)},
-                         classes=parts[0].classes, source_fingerprint=fp, name=name)
+    return ConcatCachedDataset(parts, classes=parts[0].classes, source_fingerprint=fp, name=name)
 
 
 def _split_n(n: int, share: float) -> tuple[int, int]:
