@@ -20,6 +20,17 @@ The hash covers the config (canonical JSON, without the fields that only change 
 run executes), the model spec, the data fingerprints and every ``*.py`` of the ``fer``
 package: change any of them and the run is new. A complete run is loaded, not
 retrained ("cache hit: runs/..."); an interrupted one resumes from its checkpoint.
+
+From the command line (:func:`main`, implemented in :mod:`fer._runs_cli`)::
+
+    python -m fer.runs plan --profile paper --data-root DIR [--json]   # every run the book trains
+    python -m fer.runs train NAME... --profile paper --data-root DIR    # train some, for `make book`
+    accelerate launch -m fer.runs train NAME... --profile paper ...     # the same, data parallel
+    python -m fer.runs list [--json]                                    # every run in the cache
+
+The command line sits on top of the stack, like :mod:`fer.book`: ``plan`` and ``train``
+import the chapters (:mod:`fer.experiments.plan`), which import this module; nothing
+here imports them.
 """
 from __future__ import annotations
 
@@ -75,6 +86,7 @@ __all__ = [
     "CONFIG_FILE",
     "METRICS_FILE",
     "PREDICTIONS_FILE",
+    "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -106,7 +118,7 @@ def runs_root(root: str | os.PathLike | None = None) -> Path:
 #: them out (the book's page cache still covers them: a page re-renders, its runs load).
 PRESENTATION_MODULES: tuple[str, ...] = (
     "plots.py", "explain.py", "book.py", "pages.py", "profiles.py", "predict.py", "_launch.py", "_progress.py",
-    "experiments/claims.py", "experiments/realism.py",
+    "_runs_cli.py", "experiments/claims.py", "experiments/realism.py", "experiments/plan.py",
 )
 
 
@@ -518,3 +530,24 @@ def run(name: str, config: TrainConfig, build_model: Callable[[], nn.Module], tr
         f"  {split} acc {m['accuracy']:.4f}" for split, m in metrics.items()
         if isinstance(m, dict) and m.get("accuracy") is not None), verbose and main)
     return RunResult(model, json.loads(json.dumps(_jsonable(metrics))), history, current, cached=False)
+
+
+# =========================================================================== command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fer.runs plan|train|list`` (see the module docstring); returns the exit status.
+
+    The command line lives in :mod:`fer._runs_cli`, which no run executes (it is one of the
+    :data:`PRESENTATION_MODULES`), so changing it retrains nothing; it imports the chapters
+    only for ``plan`` and ``train``.
+    """
+    from ._runs_cli import main as cli
+
+    return cli(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
