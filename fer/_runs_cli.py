@@ -188,9 +188,14 @@ def global_batch() -> Iterator[None]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
+    from ._dry_run import DRY_RUN_ENV, dry_run
+    from .experiments.plan import PlanError, plan, process_state, select, train
 
-    from .experiments.plan import PlanError, plan, select, train
+    if dry_run():
+        print(f"error: {DRY_RUN_ENV}=1 caps every run at 2 steps, and `train` writes to the runs cache, where such "
+              f"a run would pass for a result. Unset {DRY_RUN_ENV}; to dry-run the paper path use "
+              f"`make book PROFILE=paper DATA_ROOT=... DRY_RUN=1`", file=sys.stderr)
+        return 2
 
     try:
         runs = plan(args.profile, data_root=args.data_root, device=args.device)
@@ -198,8 +203,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except PlanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    state = PartialState(cpu=device == "cpu")
+    state = process_state(args.device)
     main = state.is_main_process
     n = state.num_processes
     if main:
@@ -208,8 +212,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if n > 1:
             print(f"{n} processes ({state.distributed_type.value}, {state.device.type}): each run's batch is split "
                   f"across them (the global batch stays the notebook's)")
-    with global_batch():
-        results = train(args.names, args.profile, data_root=args.data_root, device=args.device, runs=runs)
+    try:
+        with global_batch():
+            results = train(args.names, args.profile, data_root=args.data_root, device=args.device, runs=runs)
+    except FileNotFoundError as err:  # a paper run without its data root, weights or landmark cache
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if main:
         for name, res in results.items():
             m = res.metrics.get("test") or res.metrics.get("val") or {}

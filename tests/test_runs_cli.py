@@ -236,3 +236,30 @@ def test_two_processes_on_cpu_match_one_with_the_same_global_batch(tmp_path):
         assert sorted(p.name for p in (tmp_path / "two" / f).iterdir()) == [
             "checkpoint.pt", "config.json", "history.jsonl", "metrics.json", "predictions.pt"]
     assert out.count("finished: ") == 2  # the runs' own lines, from the main process only
+
+
+# --------------------------------------------------------------------------- benchmarks/gpu_check
+
+
+def test_gpu_check_runs_every_check_in_its_cpu_dry_mode(tmp_path):
+    """``benchmarks/gpu_check.py --cpu-dry``: every check on the CPU at 64 px, width 1/8, 2 steps."""
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--cpu-dry", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    res = json.loads((tmp_path / "gpu_check_cpu_dry.json").read_text())
+    assert res["precision"]["ok"] and res["precision"]["steps"] == 2
+    assert len(res["training"]) == 5
+    for name, r in res["training"].items():
+        assert "error" not in r and r["images_per_s"] > 0, name
+    assert res["pipeline"]["memory_images_per_s"] > 0 and res["pipeline"]["streamed_type"] == "StreamedDataset"
+
+
+def test_gpu_check_sh_says_why_without_a_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 3 and "no CUDA GPU" in proc.stderr

@@ -41,7 +41,7 @@ from typing import Any
 
 from ..data.datasets import DATASETS as _LOADERS
 from ..data.labels import CLASSES_7
-from ..profiles import PROFILES, ProfileError, find_root, page_entries
+from ..profiles import PROFILES, ProfileError, find_root, page_entries, resolve_device
 from ..runs import RunResult, find_runs, protocols_of, source_hash
 from . import cbam_vgg, manet, mapnet, masked, msanet
 
@@ -53,6 +53,10 @@ __all__ = [
     "train",
     "page_knobs",
     "notebook_defaults",
+    "cache_status",
+    "select",
+    "process_state",
+    "missing_weights",
     "published_size",
 ]
 
@@ -573,6 +577,38 @@ def select(runs: Sequence[PlannedRun], names: Sequence[str]) -> list[PlannedRun]
     return [by_name[n] for n in names]
 
 
+def missing_weights(runs: Sequence[PlannedRun], profile: str, *, root: str | os.PathLike | None = None
+                    ) -> list[Any]:
+    """The pretrained files (:class:`fer.models.WeightFile`) that ``runs`` start from in ``profile``
+    and that are not where they must be (each chapter's ``required_weights``, as the book runner
+    checks them before a paper run)."""
+    missing: dict[Path, Any] = {}
+    for chapter in dict.fromkeys(r.chapter for r in runs):
+        module = _PLANNERS[chapter][0]
+        setup = module.Setup.for_profile(profile, root=root)
+        if chapter == "cbam_vgg":  # per row: row (a) needs none, (b) ImageNet ResNet-50, ...
+            rows = [r.row for r in runs if r.chapter == chapter and r.row in {x.key for x in cbam_vgg.FIGURE7}]
+            files = module.required_weights(setup, rows)
+        else:
+            files = module.required_weights(setup)
+        for f in files:
+            if not f.present:
+                missing.setdefault(f.path, f)
+    return list(missing.values())
+
+
+def process_state(device: str = "auto") -> Any:
+    """``accelerate``'s ``PartialState`` for chapters run on ``device`` (``auto``, ``cpu``, ``cuda``):
+    on the CPU when ``device`` resolves to it, as the chapters' ``TrainConfig(cpu=...)`` and
+    :func:`fer.train.use_cpu` decide, so that :func:`fer.runs.run` finds the state it expects."""
+    import torch
+    from accelerate import PartialState
+
+    resolved = resolve_device(None if device == "auto" else device)
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=resolved == "cpu" or (launched and not torch.cuda.is_available()))
+
+
 def train(names: Sequence[str], profile: str, *, data_root: str | None = None, device: str = "auto",
           root: str | os.PathLike | None = None, runs: Sequence[PlannedRun] | None = None) -> dict[str, RunResult]:
     """Train (or load) the runs ``names`` of ``profile``'s plan, by the chapter calls the notebooks make.
@@ -585,9 +621,17 @@ def train(names: Sequence[str], profile: str, *, data_root: str | None = None, d
     another name than the plan's (the planner is out of step with its chapter).
     """
     runs = list(runs) if runs is not None else plan(profile, data_root=data_root, device=device, root=root)
+    chosen = select(runs, names)
+    missing = missing_weights(chosen, profile, root=root)
+    if missing:
+        listed = "\n".join(f"  {f.path}\n    {f.fix.splitlines()[-1]}" for f in missing)
+        raise FileNotFoundError(f"the {profile} profile starts these runs from pretrained weights that are missing "
+                                f"({len(missing)} file(s)):\n{listed}\nNothing was trained. Put the files there "
+                                f"(`make book PROFILE={profile} DATA_ROOT=... DRY_RUN=1` checks the rest first).")
+    process_state(device)
     ctx = _Context()
     out = {}
-    for r in select(runs, names):
+    for r in chosen:
         result = r.trainer(ctx)
         if result.run.name != r.name:
             raise PlanError(f"{r.call} trained {result.run.name!r}, but the plan calls it {r.name!r}: the "
