@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -68,6 +69,21 @@ def test_smoke_plan_lists_every_run_the_smoke_pages_train(smoke_plan):
     assert all(order[n] < order[r.name] for r in smoke_plan for n in r.needs)
     assert all(r.images == r.train_images * r.epochs > 0 for r in smoke_plan)
     assert {r.name for r in smoke_plan if r.estimate} == {r.name for r in ck}
+
+
+_TRAINS = re.compile(r"\.(run_row|run_model|run_raf_rows|run_ck_folds|run_mcn|run_all|face_pretrain)\(")
+
+
+def test_the_plan_covers_every_page_that_trains(smoke_plan):
+    """A page whose code calls a chapter's run function is in the plan, and only such pages are."""
+    training_pages = set()
+    for chapter in CHAPTERS:
+        for nb in sorted((REPO_ROOT / "book" / chapter).glob("*.ipynb")):
+            cells = json.loads(nb.read_text())["cells"]
+            code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+            if _TRAINS.search(code):
+                training_pages.add(nb.relative_to(REPO_ROOT).as_posix())
+    assert {p for r in smoke_plan for p in r.pages} == training_pages
 
 
 def test_paper_plan_estimates_from_published_sizes_and_names_a_wrong_profile(capsys):

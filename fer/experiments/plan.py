@@ -176,11 +176,13 @@ class _Context:
     """What several runs of one :func:`train` call share: loaded data and the runs others start from.
 
     Data are loaded on the main process first (so a disk cache is written once), then on
-    the others, which read it.
+    the others, which read it. ``progress``: tqdm bars (the chapters' ``progress=``, which no
+    run's hash sees), on the local main process only.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, progress: bool = True) -> None:
         self._memo: dict[Any, Any] = {}
+        self.progress = progress
 
     def once(self, key: Any, fn: Callable[[], Any], *, data: bool = False) -> Any:
         if key not in self._memo:
@@ -242,14 +244,14 @@ def _cbam_vgg(setup: cbam_vgg.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> 
     face_name = C._run_name(setup, "face-pretrain")
 
     def face(ctx: _Context) -> RunResult:
-        return ctx.once(face_name, lambda: C.face_pretrain(setup))
+        return ctx.once(face_name, lambda: C.face_pretrain(setup, progress=ctx.progress))
 
     def row_run(row: str) -> Callable[[_Context], RunResult]:
         def trainer(ctx: _Context) -> RunResult:
-            d = ctx.once(("cbam_vgg", "data"), lambda: C.load_data(setup), data=True)
+            d = ctx.once(("cbam_vgg", "data"), lambda: C.load_data(setup, progress=ctx.progress), data=True)
             # the notebooks pass every row the face run; only VGG-Face rows read it
             f = face(ctx) if C.row_weights(row, setup) == "synfer-face" else None
-            return C.run_row(setup, d, row, face=f)
+            return C.run_row(setup, d, row, face=f, progress=ctx.progress)
         return trainer
 
     pages = [("experiment1", list(p.page("experiment1")[1]["rows"])), ("experiment2", ["g", "cbam"]),
@@ -285,20 +287,20 @@ def _manet(setup: manet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list[P
     ck_name = "CK+" if not setup.synthetic else "SynFER ck"
 
     def face(ctx: _Context) -> RunResult | None:
-        return ctx.once(face_name, lambda: M.face_pretrain(setup)) if setup.synthetic else None
+        return ctx.once(face_name, lambda: M.face_pretrain(setup, progress=ctx.progress)) if setup.synthetic else None
 
     def raf_run(key: str, pre: bool, seed: int, mask_source: str) -> Callable[[_Context], RunResult]:
         def trainer(ctx: _Context) -> RunResult:
-            d = ctx.once(("manet", "raf"), lambda: M.load_raf(setup), data=True)
+            d = ctx.once(("manet", "raf"), lambda: M.load_raf(setup, progress=ctx.progress), data=True)
             return M.run_model(setup, d, key, pretrained=pre, seed=seed, face=face(ctx) if pre else None,
-                               mask_source=mask_source)
+                               mask_source=mask_source, progress=ctx.progress)
         return trainer
 
     def ck_run(key: str, fold: int) -> Callable[[_Context], RunResult]:
         def trainer(ctx: _Context) -> RunResult:
-            ck = ctx.once(("manet", "ck"), lambda: M.load_ck(setup), data=True)
+            ck = ctx.once(("manet", "ck"), lambda: M.load_ck(setup, progress=ctx.progress), data=True)
             return M.run_model(setup, M.ck_fold_data(ck, fold, setup.num_folds), key, dataset="ck", tag=f"f{fold}",
-                               face=face(ctx), seed=setup.seed0)
+                               face=face(ctx), seed=setup.seed0, progress=ctx.progress)
         return trainer
 
     def add_face(rel: str) -> None:
@@ -375,8 +377,9 @@ def _mapnet(setup: mapnet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
     def trainer_of(row: str, seed: int, blocks: int | None, alpha: float | None, dataset: str
                    ) -> Callable[[_Context], RunResult]:
         def trainer(ctx: _Context) -> RunResult:
-            d = ctx.once(("mapnet", dataset), lambda: E.load_data(setup, dataset), data=True)
-            return E.run_row(setup, d, row, seed=seed, blocks=blocks, alpha=alpha, dataset=dataset)
+            d = ctx.once(("mapnet", dataset), lambda: E.load_data(setup, dataset, progress=ctx.progress), data=True)
+            return E.run_row(setup, d, row, seed=seed, blocks=blocks, alpha=alpha, dataset=dataset,
+                             progress=ctx.progress)
         return trainer
 
     def add(rel: str, row: str, *, seed: int | None = None, blocks: int | None = None, alpha: float | None = None,
@@ -426,8 +429,8 @@ def _msanet(setup: msanet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
 
     def trainer_of(dataset: str, row: str, seed: int) -> Callable[[_Context], RunResult]:
         def trainer(ctx: _Context) -> RunResult:
-            d = ctx.once(("msanet", dataset), lambda: S.load_data(setup, dataset), data=True)
-            return S.run_row(setup, d, row, seed=seed)
+            d = ctx.once(("msanet", dataset), lambda: S.load_data(setup, dataset, progress=ctx.progress), data=True)
+            return S.run_row(setup, d, row, seed=seed, progress=ctx.progress)
         return trainer
 
     def add(rel: str, dataset: str, row: str, seed: int | None = None) -> None:
@@ -465,15 +468,16 @@ def _masked(setup: masked.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
     source = "SynFER" if setup.synthetic else "RAF-DB"
 
     def data(ctx: _Context) -> Any:
-        return ctx.once(("masked", "data"), lambda: X.load_data(setup), data=True)
+        return ctx.once(("masked", "data"), lambda: X.load_data(setup, progress=ctx.progress), data=True)
 
     def mcn(ctx: _Context) -> RunResult:
-        return ctx.once(mcn_name, lambda: X.run_mcn(setup, data(ctx)))
+        return ctx.once(mcn_name, lambda: X.run_mcn(setup, data(ctx), progress=ctx.progress))
 
     def trainer_of(model: str, seed: int) -> Callable[[_Context], RunResult]:
         def trainer(ctx: _Context) -> RunResult:
             stage2 = model in ("fecn", "fecn_shared", "fecn_shared_ft")
-            return X.run_model(setup, data(ctx), model, seed, mcn=mcn(ctx) if stage2 else None)
+            return X.run_model(setup, data(ctx), model, seed, mcn=mcn(ctx) if stage2 else None,
+                               progress=ctx.progress)
         return trainer
 
     def add_mcn(rel: str) -> None:
@@ -610,12 +614,15 @@ def process_state(device: str = "auto") -> Any:
 
 
 def train(names: Sequence[str], profile: str, *, data_root: str | None = None, device: str = "auto",
-          root: str | os.PathLike | None = None, runs: Sequence[PlannedRun] | None = None) -> dict[str, RunResult]:
+          root: str | os.PathLike | None = None, runs: Sequence[PlannedRun] | None = None, progress: bool = True
+          ) -> dict[str, RunResult]:
     """Train (or load) the runs ``names`` of ``profile``'s plan, by the chapter calls the notebooks make.
 
     Runs a named run starts from (``needs``) are trained (or loaded) on the way, as the
     chapter function does. Works in every process of ``accelerate launch`` / ``torchrun``:
     :func:`fer.runs.run` trains data parallel and writes one folder from the main process.
+
+    ``progress``: the chapters' tqdm bars (on the local main process only).
 
     Returns ``{name: RunResult}``. A :class:`PlanError` when a call trains a run under
     another name than the plan's (the planner is out of step with its chapter).
@@ -628,8 +635,8 @@ def train(names: Sequence[str], profile: str, *, data_root: str | None = None, d
         raise FileNotFoundError(f"the {profile} profile starts these runs from pretrained weights that are missing "
                                 f"({len(missing)} file(s)):\n{listed}\nNothing was trained. Put the files there "
                                 f"(`make book PROFILE={profile} DATA_ROOT=... DRY_RUN=1` checks the rest first).")
-    process_state(device)
-    ctx = _Context()
+    state = process_state(device)
+    ctx = _Context(progress=progress and state.is_local_main_process)
     out = {}
     for r in chosen:
         result = r.trainer(ctx)
