@@ -142,7 +142,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     total = sum(r["images"] for r in records)
     print(f"{len(records)} runs, {total:,} training images in all (~: an estimate from the dataset's published "
           f"size). cached: yes, a complete run of that name under {runs_root(args.runs)} trained by this code "
-          f"(its config and data are checked when it is trained or loaded); stale, trained by older code. Train with: python -m fer.runs train NAME... --profile {args.profile}"
+          f"(its config and data are checked when it is trained or loaded); stale, trained by older code.\n"
+          f"Train with: python -m fer.runs train NAME... --profile {args.profile}"
           + (f" --data-root {args.data_root}" if args.data_root else ""))
     return 0
 

@@ -42,7 +42,8 @@ def test_smoke_plan_lists_every_run_the_smoke_pages_train(smoke_plan):
     assert _names(smoke_plan, "cbam_vgg") == want | {"cbam_vgg-smoke-face-pretrain"}
     # mapnet: the ablation rows x seeds, the K and alpha sweeps, the comparison's AffectNet run
     s = mapnet.Setup.for_profile("smoke")
-    want = {mapnet.run_name(s, row, seed=seed) for row in knobs["book/mapnet/ablation.ipynb"]["rows"] for seed in s.seeds}
+    rows = knobs["book/mapnet/ablation.ipynb"]["rows"]
+    want = {mapnet.run_name(s, row, seed=seed) for row in rows for seed in s.seeds}
     want |= {mapnet.run_name(s, "wcl", seed=seed, blocks=k) for k in s.blocks_values for seed in s.sweep_seeds}
     want |= {mapnet.run_name(s, "wcl", seed=seed, alpha=a) for a in s.alpha_values for seed in s.sweep_seeds}
     assert knobs["book/mapnet/comparison.ipynb"]["affectnet"] and not knobs["book/mapnet/comparison.ipynb"]["joint"]

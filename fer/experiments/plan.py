@@ -31,6 +31,7 @@ chapter imports it, and runs never execute it, so editing it retrains nothing.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -86,6 +87,7 @@ class PlannedRun:
         pages: the notebooks that train or load it.
         needs: runs it starts from (the VGG-Face stand-in, the MCN): trained first.
         call: the chapter call that trains it, for people.
+        trainer: makes that call (given :func:`train`'s shared data and runs).
     """
 
     name: str
@@ -217,7 +219,7 @@ class _Planner:
         if name in self.runs:
             old = self.runs[name]
             if page not in old.pages:
-                object.__setattr__(old, "pages", old.pages + (page,))
+                self.runs[name] = dataclasses.replace(old, pages=old.pages + (page,))
             return
         self.runs[name] = PlannedRun(name=name, chapter=self.chapter, row=row, seed=int(seed), fold=fold,
                                      dataset=dataset, train_images=int(train_images), epochs=int(epochs),
@@ -394,7 +396,8 @@ def _mapnet(setup: mapnet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
         source = (f"SynFER {'affectnet' if dataset == 'affectnet' else 'wild'}" if setup.synthetic
                   else E.TRAINING_SETS[dataset])
         p.add(rel, name=E.run_name(setup, row, dataset=dataset, seed=seed, blocks=blocks, alpha=alpha), row=what,
-              seed=seed, dataset=source, train_images=n, epochs=setup.epochs, estimate=est, trainer=trainer_of(row, seed, blocks, alpha, dataset),
+              seed=seed, dataset=source, train_images=n, epochs=setup.epochs, estimate=est,
+              trainer=trainer_of(row, seed, blocks, alpha, dataset),
               call=f"mapnet.run_row(setup, load_data(setup, {dataset!r}), {row!r}{args}, dataset={dataset!r})")
 
     rel, k = p.page("ablation")
