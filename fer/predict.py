@@ -128,6 +128,8 @@ __all__ = [
     "default_classes",
     "read_photo",
     "annotate",
+    "AGREEMENT_MARGIN",
+    "judge_agreement",
     "main",
 ]
 
@@ -320,6 +322,78 @@ def _resolve_classes(num_outputs: int, classes: Sequence[str] | None, num_classe
             f"{', '.join(names)}), but --num-classes {num_classes} asks for {num_classes}. Use a run trained on "
             f"{num_classes} classes, or drop --num-classes to read this run's {num_outputs}")
     return names, f"the package's default names for {num_outputs} outputs"
+
+
+#: :func:`judge_agreement`: a side whose top class leads its runner-up by less than this singles out no class.
+AGREEMENT_MARGIN = 0.05
+
+
+def judge_agreement(model: Mapping[str, float], judge: Mapping[str, float], *,
+                    margin: float = AGREEMENT_MARGIN) -> dict[str, Any]:
+    """Whether a model and a judge (the FER judge, :mod:`fer.models.fer_judge`) read one face alike.
+
+    ``model`` and ``judge`` map class names to probabilities. Each side's top class is
+    its most probable one (ties go to the class named first); it *singles out* that class
+    when the class leads the side's runner-up by at least ``margin`` (a side with one
+    class always does). The verdict, checked in this order:
+
+    * ``"undecided"``: the model or the judge singles out no class (a model still on
+      the uniform plateau, or torn between two classes): its top class is noise, not an
+      answer, so neither agreement nor disagreement is claimed;
+    * ``"not comparable"``: the model's top class is one the judge does not know
+      (``contempt`` of a CK+ run, ``masked`` of a 2-class run);
+    * ``"agree"``: both top classes are the same class; ``"disagree"``: they differ.
+
+    Names are compared case-insensitively; the model's other classes that the judge
+    lacks do not change the verdict.
+
+    Returns ``model_top``, ``model_p``, ``model_margin`` (top minus runner-up),
+    ``judge_top``, ``judge_p``, ``judge_margin``, ``verdict``, ``agree``
+    (``verdict == "agree"``), ``undecided`` (the sides that single out no class:
+    ``[]``, ``["model"]``, ``["judge"]`` or both), ``reason`` (the verdict in a
+    sentence), and ``judge_p_of_model_top`` / ``judge_rank``: the probability and the
+    rank (1 = the judge's top, ties ranked as above) the judge gives the model's top
+    class (``None`` when the judge does not know it).
+    """
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"judge_agreement: margin must be a finite number >= 0, got {margin}")
+
+    def read(probs: Mapping[str, float], who: str) -> tuple[dict[str, float], str, float, float]:
+        if not probs:
+            raise ValueError(f"judge_agreement: the {who}'s probabilities are empty")
+        values = {str(k).lower(): float(v) for k, v in probs.items()}
+        if len(values) != len(probs):
+            raise ValueError(f"judge_agreement: the {who} names a class twice (ignoring case): {list(probs)}")
+        bad = [k for k, v in values.items() if not math.isfinite(v) or v < 0]
+        if bad:
+            raise ValueError(f"judge_agreement: the {who}'s probabilities must be finite and >= 0, not for {bad}")
+        name = max(values, key=values.__getitem__)  # max keeps the first of equal values
+        rest = [v for k, v in values.items() if k != name]
+        return values, name, values[name], values[name] - (max(rest) if rest else 0.0)
+
+    _, m_top, m_p, m_margin = read(model, "model")
+    judged, j_top, j_p, j_margin = read(judge, "judge")
+    undecided = [who for who, gap in (("model", m_margin), ("judge", j_margin)) if gap < margin]
+    p_of = rank = None
+    if m_top in judged:
+        p_of = judged[m_top]
+        at = list(judged).index(m_top)
+        rank = 1 + sum(1 for i, v in enumerate(judged.values()) if v > p_of or (v == p_of and i < at))
+    if undecided:
+        verdict = "undecided"
+        reason = (" and ".join(f"the {who}'s" for who in undecided)
+                  + f" top class leads {'their' if len(undecided) > 1 else 'its'} runner-up by less than "
+                  + f"{100 * margin:g} percentage points: {'they single' if len(undecided) > 1 else 'it singles'} "
+                  + "out no class")
+    elif p_of is None:
+        verdict, reason = "not comparable", f"the judge has no class {m_top!r}"
+    elif m_top == j_top:
+        verdict, reason = "agree", f"both single out {m_top}"
+    else:
+        verdict, reason = "disagree", f"the model singles out {m_top}, the judge {j_top}"
+    return {"model_top": m_top, "model_p": m_p, "model_margin": m_margin, "judge_top": j_top, "judge_p": j_p,
+            "judge_margin": j_margin, "verdict": verdict, "agree": verdict == "agree", "undecided": undecided,
+            "reason": reason, "judge_p_of_model_top": p_of, "judge_rank": rank}
 
 
 # =========================================================================== models

@@ -29,6 +29,8 @@ from fer.predict import (
     align_face,
     detect_faces,
     face_template,
+    AGREEMENT_MARGIN,
+    judge_agreement,
     main,
 )
 from fer.runs import Run, run, run_key, spec_of
@@ -386,6 +388,65 @@ def test_four_class_run_given_to_a_seven_class_caller(runs_dir, photos, tmp_path
     assert "trained on 4 classes" in capsys.readouterr().err and not list(tmp_path.iterdir())
     # names given in any order follow the package's label order
     assert Predictor.from_run(r.path, classes=["surprise", "anger", "happy", "neutral"]).classes == M_FER_CLASSES
+
+
+# ----------------------------------------------------------------------------- the judge's verdict
+
+
+def test_judge_agreement_rule():
+    """The rule behind the photo page's "agree / disagree" sentence, on every branch."""
+    assert AGREEMENT_MARGIN == 0.05
+    judge = {"neutral": 0.1, "happy": 0.6, "sad": 0.05, "surprise": 0.15, "fear": 0.04, "disgust": 0.03,
+             "anger": 0.03}
+    same = judge_agreement({"neutral": 0.2, "happy": 0.7, "sad": 0.1}, judge)
+    assert same["verdict"] == "agree" and same["agree"] is True and same["undecided"] == []
+    assert (same["model_top"], same["judge_top"], same["judge_rank"]) == ("happy", "happy", 1)
+    assert same["model_p"] == pytest.approx(0.7) and same["judge_p"] == same["judge_p_of_model_top"] == 0.6
+    assert same["model_margin"] == pytest.approx(0.5) and same["judge_margin"] == pytest.approx(0.45)
+    assert same["reason"] == "both single out happy"
+    other = judge_agreement({"neutral": 0.1, "happy": 0.2, "surprise": 0.7}, judge)
+    assert other["verdict"] == "disagree" and other["agree"] is False
+    assert (other["model_top"], other["judge_top"], other["judge_rank"]) == ("surprise", "happy", 2)
+    assert other["judge_p_of_model_top"] == pytest.approx(0.15)
+    assert other["reason"] == "the model singles out surprise, the judge happy"
+    # the model's top class is one the judge cannot say (CK+'s contempt)
+    odd = judge_agreement({"contempt": 0.5, "happy": 0.4, "neutral": 0.1}, judge)
+    assert odd["verdict"] == "not comparable" and odd["agree"] is False
+    assert odd["judge_rank"] is None and odd["judge_p_of_model_top"] is None and "contempt" in odd["reason"]
+    # a class the judge lacks that is not the model's top changes nothing; names ignore case
+    assert judge_agreement({"Contempt": 0.2, "HAPPY": 0.8}, judge)["verdict"] == "agree"
+    # a model on the uniform plateau singles out nothing, even when its argmax is the judge's class
+    flat = {c: 1 / 7 for c in judge}
+    flat["happy"] += 1e-4
+    plateau = judge_agreement(flat, judge)
+    assert plateau["verdict"] == "undecided" and plateau["undecided"] == ["model"] and not plateau["agree"]
+    assert plateau["model_top"] == "happy" and plateau["judge_rank"] == 1  # rank kept: it is not the verdict
+    assert plateau["reason"] == ("the model's top class leads its runner-up by less than 5 percentage points: "
+                                  "it singles out no class")
+    # the margin is inclusive at its edge, per side, and can be changed
+    edge = judge_agreement({"happy": 0.55, "sad": 0.45}, {"happy": 0.52, "sad": 0.48})
+    assert edge["verdict"] == "undecided" and edge["undecided"] == ["judge"]  # 0.04 < 0.05; 0.10 is enough
+    both = judge_agreement({"happy": 0.51, "sad": 0.49}, {"happy": 0.5, "sad": 0.5})
+    assert both["undecided"] == ["model", "judge"] and "they single out no class" in both["reason"]
+    assert judge_agreement({"happy": 0.51, "sad": 0.49}, {"happy": 0.9, "sad": 0.1}, margin=0.0)["agree"]
+    exact = {"happy": 0.75, "sad": 0.25}  # a lead of exactly the margin (0.5, exact in binary) is enough
+    assert judge_agreement(exact, exact, margin=0.5)["verdict"] == "agree"
+    assert judge_agreement({"happy": 1.0}, judge)["verdict"] == "agree"  # one class: its margin is its probability
+    # ties go to the class named first, on both sides, and the rank follows the same rule
+    tie = {"neutral": 0.4, "happy": 0.4, "sad": 0.2}
+    assert judge_agreement(tie, tie, margin=0.0)["model_top"] == "neutral"
+    assert judge_agreement(tie, tie, margin=0.0)["agree"]
+    assert judge_agreement(tie, tie)["verdict"] == "undecided"  # a tie singles out nothing
+    late = judge_agreement({"happy": 0.5, "neutral": 0.1}, tie, margin=0.0)
+    assert late["verdict"] == "disagree" and late["judge_rank"] == 2
+    for bad, match in (({}, "empty"), ({"happy": float("nan")}, "finite"), ({"happy": -0.1}, ">= 0"),
+                       ({"happy": 0.5, "Happy": 0.5}, "twice")):
+        with pytest.raises(ValueError, match=match):
+            judge_agreement(bad, judge)
+    with pytest.raises(ValueError, match="judge's probabilities are empty"):
+        judge_agreement(judge, {})
+    with pytest.raises(ValueError, match="margin"):
+        judge_agreement(judge, judge, margin=-0.1)
 
 
 def test_nothing_imports_fer_predict():
