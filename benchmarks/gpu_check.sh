@@ -12,14 +12,18 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 LIMIT="${GPU_CHECK_LIMIT:-470}"   # seconds: the whole check stays under 8 minutes
 
-if ! "$PY" -c 'import torch' 2>/dev/null; then
-    echo "gpu_check: $PY cannot import torch; run 'make venv' first, or set PYTHON=/path/to/python" >&2
-    exit 2
-fi
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    echo "gpu_check: no CUDA GPU is visible to torch ($("$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)')): nothing measured." >&2
+found=0
+info=$("$PY" -c 'import sys, torch
+print("torch", torch.__version__, "cuda", torch.version.cuda)
+sys.exit(0 if torch.cuda.is_available() else 3)' 2>&1) || found=$?
+if [ "$found" -eq 3 ]; then
+    echo "gpu_check: no CUDA GPU is visible to torch ($info): nothing measured." >&2
     echo "gpu_check: run it on a machine with an NVIDIA GPU (nvidia-smi lists it) and a CUDA build of torch." >&2
     exit 3
+elif [ "$found" -ne 0 ]; then
+    echo "gpu_check: $PY cannot import torch; run 'make venv' first, or set PYTHON=/path/to/python" >&2
+    echo "$info" | tail -3 >&2
+    exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 mkdir -p _build/bench

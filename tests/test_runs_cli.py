@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def smoke_plan():
-    return plan("smoke", device="cpu")
+    return plan("smoke")
 
 
 def _names(runs, chapter):
@@ -108,7 +108,7 @@ def trained(tmp_path_factory):
     old = os.environ.get("FER_RUNS")
     os.environ["FER_RUNS"] = str(root)
     try:
-        assert main(["train", "cbam_vgg-smoke-f-vgg16_flatten", "--profile", "smoke", "--device", "cpu"]) == 0
+        assert main(["train", "cbam_vgg-smoke-f-vgg16_flatten", "--profile", "smoke"]) == 0
         yield root
     finally:
         if old is None:
@@ -122,7 +122,7 @@ def test_train_then_the_notebooks_call_hits_the_cache(trained, capsys, monkeypat
     assert sorted(p.name.rsplit("-", 1)[0] for p in trained.iterdir()) == [
         "cbam_vgg-smoke-f-vgg16_flatten", "cbam_vgg-smoke-face-pretrain"]
     # the cell of book/cbam_vgg/experiment1.ipynb, for row f
-    setup = cbam_vgg.Setup.for_profile("smoke", data_root=None, device="cpu")
+    setup = cbam_vgg.Setup.for_profile("smoke", data_root=None, device="auto")
     data = cbam_vgg.load_data(setup, progress=False)
     face = cbam_vgg.face_pretrain(setup, progress=False)
     result = cbam_vgg.run_row(setup, data, "f", face=face, progress=False)
