@@ -146,7 +146,7 @@ def notebook_defaults(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def page_knobs(profile: str, root: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
-    """Every chapter notebook's knobs for ``profile``: ``{"book/<chapter>/<page>.ipynb": {name: value}}``.
+    """Every book notebook's knobs for ``profile``: ``{"book/<folder>/<page>.ipynb": {name: value}}``.
 
     Its ``parameters`` cell (the ``smoke`` values) with the page's ``book/profiles.yml``
     entry on top, as :mod:`fer.book` injects them.
@@ -156,10 +156,9 @@ def page_knobs(profile: str, root: str | os.PathLike | None = None) -> dict[str,
     base = find_root(root)
     entries = page_entries(base, profile)
     out = {}
-    for chapter in CHAPTERS:
-        for nb in sorted((base / "book" / chapter).glob("*.ipynb")):
-            rel = nb.relative_to(base).as_posix()
-            out[rel] = {**notebook_defaults(nb), **entries.get(rel, {})}
+    for nb in sorted((base / "book").glob("*/*.ipynb")):
+        rel = nb.relative_to(base).as_posix()
+        out[rel] = {**notebook_defaults(nb), **entries.get(rel, {})}
     return out
 
 
@@ -207,7 +206,8 @@ class _Planner:
         self.runs: dict[str, PlannedRun] = {}
 
     def page(self, name: str) -> tuple[str, Mapping[str, Any]]:
-        rel = f"book/{self.chapter}/{name}.ipynb"
+        """``(book/<chapter>/<name>.ipynb, its knobs)``; ``name`` with a ``/``: a page of another folder."""
+        rel = f"book/{name}.ipynb" if "/" in name else f"book/{self.chapter}/{name}.ipynb"
         if rel not in self.knobs:
             raise PlanError(f"{rel} is not in the book (the {self.chapter} planner in {__name__} names it): "
                             f"update the planner to the chapter's pages")
@@ -236,8 +236,9 @@ def _size(n: int | None, dataset: str, split: str = "train") -> tuple[int, bool]
 
 
 def _cbam_vgg(setup: cbam_vgg.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list[PlannedRun]:
-    """experiment1 (``rows``), experiment2 (g, cbam) and results (``rows`` + g + cbam), plus the
-    VGG-Face stand-in in the SynFER profiles (every page calls ``face_pretrain`` first)."""
+    """experiment1 (``rows``), experiment2 (g, cbam), results (``rows`` + g + cbam) and the photo page
+    of "Beyond the papers" (its ``row``), plus the VGG-Face stand-in in the SynFER profiles (every
+    page calls ``face_pretrain`` first)."""
     C = cbam_vgg
     p = _Planner("cbam_vgg", knobs)
     rows_of = {r.key: r for r in C.FIGURE7}
@@ -257,7 +258,8 @@ def _cbam_vgg(setup: cbam_vgg.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> 
         return trainer
 
     pages = [("experiment1", list(p.page("experiment1")[1]["rows"])), ("experiment2", ["g", "cbam"]),
-             ("results", list(dict.fromkeys([*p.page("results")[1]["rows"], "g", "cbam"])))]
+             ("results", list(dict.fromkeys([*p.page("results")[1]["rows"], "g", "cbam"]))),
+             ("beyond/photo", [p.page("beyond/photo")[1]["row"]])]
     for page, rows in pages:
         rel = p.page(page)[0]
         if setup.synthetic:
