@@ -130,6 +130,7 @@ __all__ = [
     "environment_fingerprint",
     "cache_key",
     "missing_weight_files",
+    "page_chapters",
     "stage_sources",
     "run_notebooks",
     "write_report",
@@ -601,9 +602,13 @@ def _plan(
             rel.as_posix(), parameter_names(path), profile, profiles, data_root,
             device=device or "auto", override_device=device is not None,
         )
-        # The page reads its chapter's entry itself (``Setup.for_profile``): key on it too.
-        chapter = chapter_of(rel)
-        keyed = {**params, "chapter setup": chapters.get(chapter)} if chapter in chapters else params
+        # The page reads its chapters' entries itself (``Setup.for_profile``): key on them too.
+        used = [c for c in page_chapters(paths.root, rel) if c in chapters]
+        keyed = params
+        if used == [chapter_of(rel)]:
+            keyed = {**params, "chapter setup": chapters[used[0]]}  # the key every chapter page has always had
+        elif used:
+            keyed = {**params, "chapter setups": {c: chapters.get(c) for c in used}}
         if dry_run:  # never the key of a real execution: a later real run re-executes the page
             keyed = {**keyed, "dry run": True}
         key = cache_key(path.read_bytes(), keyed, profile, pkg_fp, env_fp)
@@ -881,9 +886,33 @@ def prune_stale_html(paths: BookPaths, profile: str) -> list[str]:
     return withdrawn
 
 
+#: Notebook metadata key listing the chapters a page outside ``book/<chapter>/`` takes runs from.
+CHAPTERS_METADATA = "fer_chapters"
+
+
+def page_chapters(root: Path, rel: Path) -> list[str]:
+    """The chapters whose setup (``book/profiles.yml`` entry) and runs a page uses.
+
+    A page in ``book/<chapter>/`` uses its chapter; a page elsewhere (``book/beyond/``)
+    names the chapters it takes runs from in its notebook metadata,
+    ``"fer_chapters": ["cbam_vgg"]``. Its cache key then covers those entries, and a paper
+    run checks those chapters' pretrained weights.
+    """
+    own = chapter_of(rel)
+    try:
+        meta = json.loads((root / rel).read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, ValueError) as exc:
+        raise BookError(f"{root / rel}: not a readable notebook ({exc})") from exc
+    named = meta.get(CHAPTERS_METADATA, [])
+    if not isinstance(named, list) or not all(isinstance(c, str) for c in named):
+        raise BookError(f"{rel}: notebook metadata {CHAPTERS_METADATA!r} must be a list of chapter keys, "
+                        f"like [\"cbam_vgg\"]; got {named!r}")
+    return list(dict.fromkeys(([own] if own is not None else []) + named))
+
+
 def missing_weight_files(paths: BookPaths, notebooks: Sequence[Path], profile: str) -> list[Any]:
     """The pretrained-weight files (:class:`fer.models.WeightFile`) that the chapters of
-    ``notebooks`` load in ``profile`` and that are not where they must be.
+    ``notebooks`` (:func:`page_chapters`) load in ``profile`` and that are not where they must be.
 
     A chapter is a folder ``book/<key>/`` with a module ``fer.experiments.<key>`` that has a
     ``Setup`` and ``required_weights(setup)``; other folders need none.
@@ -891,7 +920,7 @@ def missing_weight_files(paths: BookPaths, notebooks: Sequence[Path], profile: s
     import importlib
 
     missing: dict[Path, Any] = {}
-    for chapter in sorted({c for c in map(chapter_of, notebooks) if c is not None}):
+    for chapter in sorted({c for rel in notebooks for c in page_chapters(paths.root, rel)}):
         try:
             module = importlib.import_module(f"fer.experiments.{chapter}")
         except ModuleNotFoundError:

@@ -106,3 +106,20 @@ def test_chapter_entry_is_part_of_the_page_cache_key(tmp_path: Path) -> None:
     after = keys()
     changed = sorted(k for k in before if before[k] != after[k])
     assert changed == sorted(p.as_posix() for p in pages if chapter_of(p) == "msanet")
+    # a page outside the chapters re-executes with the chapters it names (notebook metadata fer_chapters)
+    users = {p.as_posix() for p in pages if "cbam_vgg" in book.page_chapters(root, p)}
+    assert "book/beyond/photo.ipynb" in users
+    profiles["cbam_vgg"]["demo"]["lr"] *= 2
+    (root / "book/profiles.yml").write_text(yaml.safe_dump(profiles))
+    again = keys()
+    assert sorted(k for k in after if after[k] != again[k]) == sorted(users)
+
+
+def test_a_page_outside_the_chapters_is_checked_for_the_weights_of_the_chapters_it_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FER_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    paths = book.BookPaths(REPO_ROOT)
+    missing = {f.path.name for f in book.missing_weight_files(paths, [Path("book/beyond/photo.ipynb")], "paper")}
+    assert "vgg_face_dag.pth" in missing  # the CBAM chapter's, which the page names
+    assert not missing & {"resnet18-f37072fd.pth", "vgg11-8a719046.pth"}  # MSA-Net's and the masked chapter's
