@@ -1,20 +1,29 @@
 """The paper path's guard: a ``--profile paper`` run checks every pretrained file its
 chapters load before anything executes, and names each missing one with where to get it.
 
-(The whole-book ``--dry-run`` over a real-format data root, written by
-``fixtures_datasets.write_data_root``, is run by hand for now:
-``python -m fer.book run --profile paper --data-root DIR --dry-run``.)
+And the whole paper path, proven: every page of the book executes under ``--profile paper
+--dry-run`` over a data root written in the five datasets' real on-disk formats
+(``fixtures_datasets.write_data_root``, with RAF-DB's landmark cache written by
+``python -m fer.data.landmarks`` as a user would), full-size models, 224 px, the papers'
+optimisers, with random weights standing in for the missing pretrained files.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
+import os
 import shutil
+import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from fer import REPO_ROOT, _dry_run, book
+from fer.data.landmarks.__main__ import main as landmarks_main
+
+from fixtures_datasets import write_data_root
 
 WEIGHT_FILES = {"vgg_face_dag.pth", "resnet50-0676ba61.pth", "vgg16-397923af.pth",
                 "inception_v3_google-0cc3c7bd.pth", "resnet18-f37072fd.pth", "vgg11-8a719046.pth"}
@@ -61,3 +70,45 @@ def test_a_dry_run_caps_repetitions_and_changes_nothing_else(chapter: str, monke
         assert kept == (values[:1] if name in _dry_run.REPEATED else [values[0], values[-1]]), name
     if chapter in ("manet", "mapnet", "masked"):  # the paper profile repeats these over seeds or folds
         assert changed, f"{chapter}: the dry run should cap its paper profile's repetitions"
+
+
+#: Set to 1 to run the whole-book dry run (about 25-30 minutes on 2 cores today, over its 15-minute CI budget).
+WHOLE_BOOK_ENV = "FER_TEST_WHOLE_DRY_RUN"
+
+
+@pytest.mark.skipif(os.environ.get(WHOLE_BOOK_ENV) != "1",
+                    reason=f"the whole-book paper dry run takes 25-30 min on 2 cores, over its 15-min CI budget "
+                           f"(issue 15 section 1); run it with {WHOLE_BOOK_ENV}=1")
+def test_the_whole_book_dry_runs_on_real_format_data(copied_book: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    start = time.perf_counter()
+    data = write_data_root(tmp_path / "data")
+    assert landmarks_main(["--dataset", "rafdb", "--root", str(data / "rafdb"), "--no-progress"]) == 0
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("FER_WEIGHTS", str(tmp_path / "weights"))
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("FER_RUNS", str(runs))
+    rc = book.main(["run", "--root", str(copied_book), "--profile", "paper", "--data-root", str(data),
+                    "--dry-run", "--no-build"])
+    seconds = time.perf_counter() - start
+    print(f"dry run of the whole book: {seconds:.0f} s")
+    assert rc == 0
+    report = json.loads((copied_book / "_build" / "book-report.json").read_text())
+    assert report["dry_run"] is True and report["profile"] == "paper"
+    pages = [p for p in book.read_toc(copied_book) if p.suffix == ".ipynb"]
+    assert sorted(report["notebooks"]) == sorted(p.as_posix() for p in pages)
+    assert {e["status"] for e in report["notebooks"].values()} == {"executed"}
+    # nothing entered a cache: no page cache, no run outside the dry run's own folder
+    assert not (copied_book / "_build" / "cache").exists()
+    assert not runs.exists()
+    assert any((copied_book / "_build" / "dry-run" / "runs").iterdir())
+    listed = set()
+    for rel in pages:
+        nb = nbformat.read(copied_book / "_build" / "src" / rel, as_version=4)
+        assert nb.metadata["fer_book"]["dry_run"] is True
+        html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code"
+                       for o in c.get("outputs", []))
+        if "fer-banner" in html:
+            assert "Dry run: these numbers mean nothing" in html, rel
+        listed |= {name for name in WEIGHT_FILES if name in html}
+    assert listed == WEIGHT_FILES  # each missing file is named on a page that needed it
