@@ -100,6 +100,23 @@ def collate_items(items: Sequence[Any] | Mapping[str, Any]) -> dict[str, Any]:
     return {k: _collate_values([d[k] for d in dicts]) for k in keys}
 
 
+def _subset_fingerprint(fingerprint: str, indices: Sequence[int] | np.ndarray) -> str:
+    """The source fingerprint of the subset at ``indices`` of a dataset with ``fingerprint``
+    (every cached dataset's :meth:`~CachedDataset.subset`, in memory, on disk or a view)."""
+    return hashlib.sha256((fingerprint + ":" + ",".join(map(str, np.asarray(indices).tolist()))).encode()
+                          ).hexdigest()[:16]
+
+
+def _view_rows(indices: Any, n: int, index: np.ndarray | None) -> np.ndarray:
+    """Rows behind ``indices`` of a view of ``n`` items that selects ``index`` (all rows when None);
+    negative indices count from the end, as in a tensor."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(idx) and (idx.min() < -n or idx.max() >= n):
+        raise IndexError(f"index out of range for {n} samples")
+    idx = idx % n if n else idx
+    return index[idx] if index is not None else idx
+
+
 class CachedDataset(Dataset):
     """A dataset held in memory as stacked tensors (uint8 images, int64 labels, ...).
 
@@ -161,8 +178,7 @@ class CachedDataset(Dataset):
     def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> CachedDataset:
         """The samples at ``indices`` (e.g. a cross-validation fold), still cached."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        fp = self.fingerprint()
-        sub_fp = hashlib.sha256((fp + ":" + ",".join(map(str, idx.tolist()))).encode()).hexdigest()[:16]
+        sub_fp = _subset_fingerprint(self.fingerprint(), idx.tolist())
         return CachedDataset({k: v[idx] for k, v in self.tensors.items()}, classes=self.classes,
                              source_fingerprint=sub_fp, name=self.name)
 
@@ -240,12 +256,7 @@ class StreamedDataset(CachedDataset):
         return list(self.store.columns)
 
     def _rows(self, indices: Any) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = len(self)
-        if len(idx) and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} samples")
-        idx = idx % n if n else idx
-        return self.index[idx] if self.index is not None else idx
+        return _view_rows(indices, len(self), self.index)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rows = self._rows([int(i)])
@@ -260,8 +271,7 @@ class StreamedDataset(CachedDataset):
     def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> StreamedDataset:
         """The samples at ``indices``, still on disk (fingerprint as :meth:`CachedDataset.subset`)."""
         idx = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
-        sub_fp = hashlib.sha256((self.fingerprint() + ":" + ",".join(map(str, idx.tolist()))).encode()
-                                ).hexdigest()[:16]
+        sub_fp = _subset_fingerprint(self.fingerprint(), idx)
         return StreamedDataset(self.store, classes=self.classes, source_fingerprint=sub_fp, name=self.name,
                                index=self._rows(idx))
 
@@ -325,12 +335,7 @@ class ConcatCachedDataset(CachedDataset):
         return int(self.offsets[-1]) if self.index is None else len(self.index)
 
     def _rows(self, indices: Any) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = len(self)
-        if len(idx) and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} samples")
-        idx = idx % n if n else idx
-        return self.index[idx] if self.index is not None else idx
+        return _view_rows(indices, len(self), self.index)
 
     def _gather(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         part = np.searchsorted(self.offsets[1:], rows, side="right")
@@ -356,8 +361,7 @@ class ConcatCachedDataset(CachedDataset):
     def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> ConcatCachedDataset:
         """The samples at ``indices``, still a view (fingerprint as :meth:`CachedDataset.subset`)."""
         idx = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
-        sub_fp = hashlib.sha256((self.fingerprint() + ":" + ",".join(map(str, idx.tolist()))).encode()
-                                ).hexdigest()[:16]
+        sub_fp = _subset_fingerprint(self.fingerprint(), idx)
         return ConcatCachedDataset(self.parts, classes=self.classes, source_fingerprint=sub_fp, name=self.name,
                                    index=self._rows(idx))
 
