@@ -70,6 +70,12 @@ def test_a_dry_run_caps_repetitions_and_changes_nothing_else(chapter: str, monke
         assert kept == (values[:1] if name in _dry_run.REPEATED else [values[0], values[-1]]), name
     if chapter in ("manet", "mapnet", "masked"):  # the paper profile repeats these over seeds or folds
         assert changed, f"{chapter}: the dry run should cap its paper profile's repetitions"
+    # a repetition left at the Setup's default (here: every field of the smoke profile) is capped too
+    defaults, dry_smoke = setup_cls(), setup_cls.for_profile("smoke")
+    for name in _dry_run.REPEATED + _dry_run.SWEPT:
+        values = getattr(defaults, name, None)
+        if isinstance(values, (list, tuple)) and len(values) > 1:
+            assert len(getattr(dry_smoke, name)) == (1 if name in _dry_run.REPEATED else 2), name
 
 
 #: Set to 1 to run the whole-book dry run (about 25-30 minutes on 2 cores today, over its 15-minute CI budget).

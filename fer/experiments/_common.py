@@ -85,10 +85,12 @@ class ProfileSetup:
                 f"{PROFILES_FILE.as_posix()}: the {profile!r} entry of {cls.chapter!r} sets {', '.join(unknown)}, "
                 f"which {cls.__module__}.{cls.__qualname__} has no field for: fix the key, or put a page's own "
                 "knob in that page's entry")
-        params = {**entry, **changes, "profile": profile, "data_root": data_root, "device": device}
-        if dry_run():
-            params = cap_repetitions(params)
-        return cls.from_params(**params)
+        setup = cls.from_params(**{**entry, **changes, "profile": profile, "data_root": data_root, "device": device})
+        if dry_run():  # on the built setup, so a repetition left at its default is capped too
+            fields = {f.name: getattr(setup, f.name) for f in dataclasses.fields(setup)}  # type: ignore[arg-type]
+            capped = {k: v for k, v in cap_repetitions(fields).items() if v is not fields[k]}
+            setup = dataclasses.replace(setup, **capped) if capped else setup  # type: ignore[type-var]
+        return setup
 
     def resolved_device(self) -> str:
         """``device`` with ``"auto"`` resolved (:func:`fer.profiles.resolve_device`)."""
