@@ -39,8 +39,9 @@ What happens, in order:
 5. Executions are cached under ``_build/cache/<profile>/``. The key hashes the notebook
    bytes, the injected parameters, the chapter entry of ``book/profiles.yml`` that a
    chapter page reads through ``Setup.for_profile`` (:mod:`fer.profiles`), the profile,
-   every ``*.py`` file of the ``fer``
-   package and the python and torch versions; a hit copies the cached notebook
+   the ``fer`` modules the notebook imports, transitively (:func:`page_code_fingerprint`:
+   an edit to the book runner re-executes no page, one to ``fer/plots.py`` those that draw),
+   and the python and torch versions; a hit copies the cached notebook
    instead of running it. ``--force`` ignores the cache. ``FER_DEVICE`` is not part
    of the key; the ``device`` parameter is, where a notebook defines it.
 6. ``_build/book-report.json`` records per notebook the wall time, whether it came
@@ -97,6 +98,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import queue
 import re
 import shutil
 import subprocess
@@ -107,7 +109,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from ._hashing import package_fingerprint
+from ._dry_run import cap_page_parameters
+from ._hashing import files_fingerprint, import_closure, imported_modules, package_fingerprint
 from .profiles import (PROFILES, PROFILES_FILE, ROOT_ENV, ProfileError, chapter_entries, chapter_of, find_root,
                        page_entries, resolve_device)
 
@@ -127,6 +130,8 @@ __all__ = [
     "parameter_names",
     "notebook_parameters",
     "package_fingerprint",
+    "page_code_fingerprint",
+    "page_groups",
     "environment_fingerprint",
     "cache_key",
     "missing_weight_files",
@@ -594,14 +599,17 @@ def _plan(
     """Check every notebook's parameters and compute its cache key, before running any."""
     profiles = page_entries(paths.root, profile)
     chapters = chapter_entries(paths.root, profile)
-    pkg_fp, env_fp = package_fingerprint(package_dir), environment_fingerprint()
+    env_fp = environment_fingerprint()
     jobs = []
     for rel in notebooks:
         path = paths.root / rel
+        pkg_fp = page_code_fingerprint(path, package_dir)
         params = notebook_parameters(
             rel.as_posix(), parameter_names(path), profile, profiles, data_root,
             device=device or "auto", override_device=device is not None,
         )
+        if dry_run:  # how many faces a page draws or explains: a few prove the path
+            params = cap_page_parameters(params)
         # The page reads its chapters' entries itself (``Setup.for_profile``): key on them too.
         used = [c for c in page_chapters(paths.root, rel) if c in chapters]
         keyed = params
@@ -886,6 +894,29 @@ def prune_stale_html(paths: BookPaths, profile: str) -> list[str]:
     return withdrawn
 
 
+def page_code_fingerprint(nb_path: Path, package_dir: Path) -> str:
+    """The fingerprint of the package code a page executes: the modules its code cells import
+    and, transitively, every ``fer`` module those import (:func:`fer._hashing.import_closure`,
+    a static over-approximation that counts imports inside functions too).
+
+    So an edit to a module no page reaches (the book runner, the command lines) re-executes
+    no page, while an edit to ``fer/plots.py`` re-executes the pages that draw with it (their
+    runs load from the runs cache). A code cell that is not plain Python makes the page depend
+    on the whole package, as before.
+    """
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    modules: set[str] = set()
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        try:
+            modules |= imported_modules("".join(source) if isinstance(source, list) else source)
+        except SyntaxError:
+            return package_fingerprint(package_dir)
+    return files_fingerprint(package_dir, import_closure(package_dir, modules))
+
+
 #: Notebook metadata key listing the chapters a page outside ``book/<chapter>/`` takes runs from.
 CHAPTERS_METADATA = "fer_chapters"
 
@@ -908,6 +939,23 @@ def page_chapters(root: Path, rel: Path) -> list[str]:
         raise BookError(f"{rel}: notebook metadata {CHAPTERS_METADATA!r} must be a list of chapter keys, "
                         f"like [\"cbam_vgg\"]; got {named!r}")
     return list(dict.fromkeys(([own] if own is not None else []) + named))
+
+
+def page_groups(root: Path, notebooks: Sequence[Path]) -> list[list[Path]]:
+    """``notebooks`` grouped by the chapter whose runs they train or load, each group in book
+    order: what ``--jobs N`` executes side by side (a group's pages one after another).
+
+    A page's group is the first chapter its metadata names (:func:`page_chapters`: so
+    ``book/beyond/photo``, which loads the CBAM chapter's runs, follows that chapter's pages),
+    else its folder. Two pages that share runs are then never executed at once, and no run
+    is trained twice.
+    """
+    groups: dict[str, list[Path]] = {}
+    for rel in notebooks:
+        named = [c for c in page_chapters(root, rel) if c != chapter_of(rel)]
+        key = named[0] if named else (chapter_of(rel) or "/".join(rel.parts[:-1]))
+        groups.setdefault(key, []).append(rel)
+    return list(groups.values())
 
 
 def missing_weight_files(paths: BookPaths, notebooks: Sequence[Path], profile: str) -> list[Any]:
@@ -993,26 +1041,39 @@ def run_notebooks(
     failure: NotebookFailed | None = None
     stop = threading.Event()  # set by the first failure: later notebooks do not start
 
-    def work(job: _Job) -> NotebookResult | None:
-        if stop.is_set():
-            return None
-        try:
-            return _run_one(paths, job, profile, force, progress=jobs == 1, dry_run=dry_run)
-        except NotebookFailed:
-            stop.set()
-            raise
+    done: queue.Queue[tuple[_Job, NotebookResult | None, NotebookFailed | None] | None] = queue.Queue()
 
+    def work(group: list[_Job]) -> None:
+        """Execute ``group``'s notebooks in order; report each, then ``None`` (the group ended)."""
+        try:
+            for job in group:
+                if stop.is_set():
+                    return
+                try:
+                    done.put((job, _run_one(paths, job, profile, force, progress=jobs == 1, dry_run=dry_run), None))
+                except NotebookFailed as exc:
+                    stop.set()
+                    done.put((job, None, exc))
+                    return
+        finally:
+            done.put(None)
+
+    groups = page_groups(paths.root, [job.rel for job in plan]) if jobs > 1 else [[job.rel] for job in plan]
+    by_rel = {job.rel: job for job in plan}
     bar = tqdm(total=len(plan), desc=f"notebooks ({profile})", unit="nb")
     env = _kernel_environment(profile, device or "auto", paths.root,
                               dry_runs=paths.dry_runs if dry_run else None)
     with env, concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = {pool.submit(work, job): job for job in plan}
-        for future in concurrent.futures.as_completed(futures):
-            job = futures[future]
+        futures = [pool.submit(work, [by_rel[rel] for rel in group]) for group in groups]
+        running = len(futures)
+        while running:
+            item = done.get()
+            if item is None:
+                running -= 1
+                continue
+            job, result, exc = item
             bar.update()
-            try:
-                result = future.result()
-            except NotebookFailed as exc:
+            if exc is not None:
                 failure = failure or exc
                 results[job.rel] = NotebookResult(
                     job.rel.as_posix(), profile, job.parameters, status="failed", key=job.key
@@ -1155,7 +1216,8 @@ def _parser(prog: str = "python -m fer.book run") -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true", help="fail the build on any warning")
     parser.add_argument("--root", type=Path, default=None,
                         help="book root holding _toc.yml (default: cwd, else the fer checkout)")
-    parser.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default 1); each chapter's pages still run in order, "
+                        "one chapter beside another (page_groups)")
     parser.add_argument("--package-dir", type=Path, default=None,
                         help="package whose *.py files enter the cache key (default: fer itself)")
     return parser

@@ -32,8 +32,6 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torch.nn import functional as F
 
@@ -51,8 +49,16 @@ __all__ = [
     "localisation_scores",
 ]
 
-#: Names accepted by ``cam(method=...)`` and the pytorch-grad-cam class behind each.
-CAM_METHODS: dict[str, type] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+#: Names accepted by ``cam(method=...)`` and the pytorch-grad-cam class behind each (by name:
+#: pytorch-grad-cam is imported when a map is first made, since it pulls in scikit-learn and
+#: costs every page that imports this module about 2 s; see :func:`_cam_class`).
+CAM_METHODS: dict[str, str] = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus"}
+
+
+def _cam_class(method: str) -> type:
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, CAM_METHODS[method])
 
 LayerSpec = nn.Module | str
 Images = torch.Tensor | np.ndarray
@@ -257,6 +263,8 @@ def _targets_list(model: nn.Module, x: torch.Tensor, targets: Targets, batch_siz
         if len(targets) != len(x):
             raise ValueError(f"{len(targets)} target objects for {len(x)} images")
         return list(targets)
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     return [ClassifierOutputTarget(c) for c in _target_indices(model, x, targets, batch_size)]
 
 
@@ -296,7 +304,7 @@ def cam(model: nn.Module, images: Images, targets: Targets = None, *,
         if method not in CAM_METHODS:
             raise ValueError(f"unknown CAM method {method!r}; choose from {sorted(CAM_METHODS)} or pass a "
                              f"pytorch-grad-cam class")
-        cam_cls = CAM_METHODS[method]
+        cam_cls = _cam_class(method)
     else:
         cam_cls = method
     layers = resolve_target_layers(model, target_layer)
@@ -354,6 +362,8 @@ def guided_backprop(model: nn.Module, images: Images, targets: Targets = None, *
         classes = _target_indices(wrapped, x, targets, 32)
         originals = _relus(wrapped)
         try:
+            from pytorch_grad_cam import GuidedBackpropReLUModel
+
             gb = GuidedBackpropReLUModel(wrapped)
             for i, c in enumerate(classes):
                 out.append(gb(x[i:i + 1].clone().to(gb.device), target_category=c))

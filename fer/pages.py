@@ -6,11 +6,21 @@ and it imports nothing of the book runner, so notebooks use it without reaching 
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Sequence
 
 from ._dry_run import dry_run, missing_weights
 
-__all__ = ["banner"]
+__all__ = ["banner", "glue_figure", "table", "cached_frame", "TABLES_DIR"]
+
+log = logging.getLogger(__name__)
+
+#: Sub-folder of the runs root (:func:`fer.runs.runs_root`) where :func:`cached_frame` keeps its tables.
+TABLES_DIR = "_tables"
 
 
 def banner(
@@ -109,3 +119,42 @@ def table(df: Any, *, percent: Sequence[str] | None = None, decimals: int = 1) -
         else:
             formats[col] = f"{{:.{decimals}f}}"
     return df.style.format(formats, na_rep="–")
+
+
+def cached_frame(name: str, params: Mapping[str, Any], compute: Callable[[], Any], *,
+                 root: str | Path | None = None) -> Any:
+    """``compute()`` (a pandas DataFrame) computed once and cached beside the runs.
+
+    For a page's own small experiment that is not a training run through :func:`fer.runs.run`
+    (e.g. the SynFER difficulty probe), so that re-rendering the page (a figure's colour, a
+    typo in the prose) does not recompute it. The cache file is
+    ``<runs root>/_tables/<name>-<hash>.json``; the hash covers ``params`` (canonical JSON)
+    and :func:`fer.runs.source_hash` (every module training executes, SynFER included), as a
+    run's does: change the settings or the code and it is computed again. It is written
+    atomically. A dry run (``FER_DRY_RUN=1``) neither reads nor writes it: its numbers are
+    not results.
+    """
+    import pandas as pd
+
+    from .io import atomic_write_json
+    from .runs import runs_root, source_hash
+
+    if dry_run():
+        return compute()
+    blob = json.dumps({"name": name, "params": dict(params), "source": source_hash()},
+                      sort_keys=True, default=str)
+    path = runs_root(root) / TABLES_DIR / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.json"
+    if path.is_file():
+        try:
+            frame = pd.read_json(path, orient="split")
+            log.info("cache hit: %s", path)
+            return frame
+        except ValueError as err:  # a file damaged outside this code: say so and compute it again
+            log.warning("%s is unreadable (%s); computing it again", path, err)
+    frame = compute()
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"cached_frame({name!r}): compute() must return a pandas DataFrame, not "
+                        f"{type(frame).__name__}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, json.loads(frame.to_json(orient="split", double_precision=15)), indent=None)
+    return frame

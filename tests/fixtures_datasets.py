@@ -138,6 +138,17 @@ def write_affectnet(root: Path, n_train: int = 16, n_test: int = 8, canvas: tupl
     return expected
 
 
+def write_pose_affectnet(root: Path, expected: dict[str, dict]) -> None:
+    """``pose_affectnet/pose_30.txt`` and ``pose_45.txt`` as Wang et al. publish them (one
+    ``subDirectory_filePath`` of an AffectNet validation image per line): every other
+    validation face for > 30 degrees, every fourth for > 45 (a subset of the first)."""
+    val = sorted(sub for sub, e in expected.items() if e["file"] == "validation.csv")
+    folder = root / "pose_affectnet"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pose_30.txt").write_text("\n".join(val[::2]) + "\n")
+    (folder / "pose_45.txt").write_text("\n".join(val[::4]) + "\n")
+
+
 # ---------------------------------------------------------------------- CK+
 #: Subject ids of the CK+ fixture (23: folds of 2 or 3 subjects), deliberately unsorted.
 CK_SUBJECTS = ("S010", "S005", "S022", "S011", "S014", "S026", "S028", "S029", "S032", "S034", "S035", "S037",
@@ -197,7 +208,8 @@ def write_data_root(root: Path) -> Path:
     """RAF-DB, FER2013, AffectNet, CK+ and FED-RO in their release layouts, 2-6 faces per class."""
     write_rafdb(root / "rafdb", n_train=28, n_test=14)
     write_fer2013(root / "fer2013", usages=("Training",) * 28 + ("PublicTest",) * 14 + ("PrivateTest",) * 14)
-    write_affectnet(root / "affectnet", n_train=32, n_test=16)
+    expected = write_affectnet(root / "affectnet", n_train=32, n_test=16)
+    write_pose_affectnet(root / "affectnet", expected)
     write_ckplus(root / "ckplus")
     write_fedro(root / "fedro", per_class=2)
     return root

@@ -68,7 +68,9 @@ def tiny_book(tmp_path: Path) -> Path:
     (root / "book" / "profiles.yml").write_text(yaml.safe_dump(profiles))
     pkg = tmp_path / "pkg"
     pkg.mkdir()
-    (pkg / "mod.py").write_text("X = 1\n")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mod.py").write_text("from . import helper\nX = 1\n")
+    (pkg / "helper.py").write_text("Y = 1\n")
     return root
 
 
@@ -146,13 +148,24 @@ def test_second_run_is_cached_and_edits_invalidate_only_their_notebook(
     assert status == {"book/part/a.ipynb": "cached", "book/part/b.ipynb": "executed"}
     assert "KNOB=1" in _stdout_of(tiny_book, "book/part/b.ipynb")
 
-    # another profile is another cache entry; the package source and --force invalidate all
+    # another profile is another cache entry
     assert _run(tiny_book, "--profile", "paper", "--no-build") == 0
     assert {v["status"] for v in _report(tiny_book)["notebooks"].values()} == {"executed"}
     assert "knob=50 profile=paper" in _stdout_of(tiny_book, "book/part/a.ipynb")
-    (tiny_book.parent / "pkg" / "mod.py").write_text("X = 2\n")
+    # a page is keyed by the package modules it imports, transitively (a imports fer.mod, which
+    # imports fer.helper); an edit to a module no page imports re-executes nothing
+    pkg = tiny_book.parent / "pkg"
+    _notebook(tiny_book / "book/part/a.ipynb", "try:\n    import fer.mod  # not in the installed fer: seen, not run\n"
+              "except ImportError:\n    pass\n" + PRINT_KNOB, parameters=PARAMS, title="A")
     assert _run(tiny_book, "--profile", "demo", "--no-build") == 0
-    assert {v["status"] for v in _report(tiny_book)["notebooks"].values()} == {"executed"}
+    (pkg / "runner.py").write_text("# the book runner: no page imports it\n")
+    assert _run(tiny_book, "--profile", "demo", "--no-build") == 0
+    assert {v["status"] for v in _report(tiny_book)["notebooks"].values()} == {"cached"}
+    (pkg / "helper.py").write_text("Y = 2\n")
+    assert _run(tiny_book, "--profile", "demo", "--no-build") == 0
+    status = {k: v["status"] for k, v in _report(tiny_book)["notebooks"].items()}
+    assert status == {"book/part/a.ipynb": "executed", "book/part/b.ipynb": "cached"}
+    # --force executes everything
     assert _run(tiny_book, "--profile", "demo", "--no-build", "--force") == 0
     assert {v["status"] for v in _report(tiny_book)["notebooks"].values()} == {"executed"}
 
@@ -460,3 +473,18 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert book.resolve_device() == "cpu"
     monkeypatch.delenv("FER_DEVICE")
     assert book.resolve_device() in {"cpu", "cuda"}
+
+
+def test_jobs_run_chapters_side_by_side_and_a_chapters_pages_in_order() -> None:
+    """--jobs N groups the repository's pages by the chapter whose runs they use."""
+    from fer import REPO_ROOT
+
+    pages = [p for p in book.read_toc(REPO_ROOT) if p.suffix == ".ipynb"]
+    groups = book.page_groups(REPO_ROOT, pages)
+    assert sorted(p for g in groups for p in g) == sorted(pages)
+    for group in groups:
+        assert group == [p for p in pages if p in group]  # book order within a group
+    cbam = next(g for g in groups if Path("book/cbam_vgg/method.ipynb") in g)
+    assert cbam[-1] == Path("book/beyond/photo.ipynb")  # it loads the CBAM runs: after them, never beside
+    assert {len({p.parts[1] for p in g} - {"beyond"}) for g in groups} == {1}
+    assert len(groups) == 6  # datasets and the five chapters

@@ -144,9 +144,21 @@ def test_run_writes_a_complete_folder_then_hits_the_cache(tmp_path, data, capsys
     preds = first.run.predictions()
     assert torch.equal(preds["test"]["targets"], val.labels)
 
-    # second call: nothing is trained (fit would raise), the same weights and metrics come back
+    # second call: nothing is trained (fit would raise), the same weights and metrics come back;
+    # the model is built without drawing random weights (all come from the checkpoint), and
+    # torch.nn.init works again afterwards
     monkeypatch.setattr(runs_mod, "fit", lambda *a, **k: pytest.fail("a cache hit must not train"))
+    kaiming, inits = nn.init.kaiming_uniform_, []
+
+    def build() -> nn.Module:  # noqa: F811 - the same model, recording whether init ran
+        built.append(1)
+        w = torch.zeros(3, 3)
+        inits.append(nn.init.uniform_(w, 1.0, 2.0).abs().sum().item())
+        return build_tiny()
+
     second = run("tiny", CFG, build, train, val, eval_sets={"test": val}, root=tmp_path, progress=False)
+    assert inits == [0.0] and nn.init.kaiming_uniform_ is kaiming
+    assert nn.init.uniform_(torch.zeros(2), 1.0, 2.0).min() >= 1.0
     assert second.cached
     assert f"cache hit: {first.path}" in capsys.readouterr().out
     assert second.metrics == first.metrics and second.history.records == first.history.records

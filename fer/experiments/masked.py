@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._dry_run import dry_run
 from ..data.cached import CachedDataset, ConcatCachedDataset, cache_dataset
 from ..data.labels import resolve_classes
 from ..data.masks import (
@@ -317,10 +318,16 @@ def _synfer_sets(setup: Setup, progress: bool) -> ChapterData:
 
 
 def _balanced(ds: CachedDataset, n: int) -> CachedDataset:
-    """Exactly ``n / K`` faces per class (the first ones of each), K = number of classes."""
+    """Exactly ``n / K`` faces per class (the first ones of each), K = number of classes.
+
+    A dry run over a few faces per class (its data root is a sample) takes as many per class
+    as the scarcest class has; a real run with too few is an error.
+    """
     k = len(ds.classes or PAPER_CLASSES)
     per = n // k
     labels = ds.labels.numpy()
+    if dry_run():
+        per = max(1, min(per, *(int((labels == c).sum()) for c in range(k))))
     idx = []
     for c in range(k):
         have = np.flatnonzero(labels == c)

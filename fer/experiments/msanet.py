@@ -82,6 +82,7 @@ from ..data.datasets import DATASETS as _LOADERS
 from ..data.synfer import SynFER
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, five_crop
 from ..explain import capture
+from .._dry_run import dry_run
 from ..losses import BETA, BetaCrossEntropy
 from ..models import WeightFile, create_model, torchvision_weight_file
 from ..models.msanet import MsaNet
@@ -471,10 +472,18 @@ def run_row(setup: Setup, data: ChapterData, row: str, *, seed: int | None = Non
 
 
 def subset_metrics(result: RunResult, indices: np.ndarray | None = None, split: str = "test") -> dict[str, float]:
-    """Accuracy and mean per-class accuracy (in %) of a run on ``split`` or its subset ``indices``."""
+    """Accuracy and mean per-class accuracy (in %) of a run on ``split`` or its subset ``indices``.
+
+    A dry run scores only the first faces of ``split`` (:data:`fer._dry_run.EVAL_BATCHES`
+    batches): ``indices`` past them are left out. In a real run an index past the
+    predictions is an error.
+    """
     preds = result.run.predictions()[split]
     p, t = preds["predictions"].numpy(), preds["targets"].numpy()
     if indices is not None:
+        indices = np.asarray(indices)
+        if dry_run():
+            indices = indices[indices < len(t)]
         p, t = p[indices], t[indices]
     if len(t) == 0:
         return {"accuracy": float("nan"), "mean_class_accuracy": float("nan"), "n": 0}
