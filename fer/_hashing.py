@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import os
 from collections.abc import Iterable
@@ -94,5 +95,12 @@ def import_closure(package_dir: str | os.PathLike, modules: Iterable[str], *, pa
             continue
         files.add(path)
         current = dotted + ".__init__" if path.name == "__init__.py" else dotted
-        todo += imported_modules(path.read_text(encoding="utf-8"), package=package, current=current)
+        todo += _source_imports(path.read_text(encoding="utf-8"), package, current)
     return files
+
+
+@functools.lru_cache(maxsize=1024)
+def _source_imports(source: str, package: str, current: str) -> frozenset[str]:
+    """:func:`imported_modules`, parsed once per source text: the book runner asks for every
+    page's closure, and the pages share most of the package (28 closures: 23 s unshared, 2 s)."""
+    return frozenset(imported_modules(source, package=package, current=current))
