@@ -10,7 +10,8 @@
   ``accelerate launch -m fer.runs train ...`` or ``torchrun -m fer.runs train ...``
   (:func:`global_batch`: the config's batch is the global batch there).
 * ``list [--json]``: every run in the cache (:func:`run_rows`) with its test accuracy,
-  mean per-class accuracy, the majority class's share of its test set and its wall time.
+  mean per-class accuracy, the majority class's share of its test set, whether it learned
+  (:func:`fer.pages.learned`) and its wall time.
 
 This module sits on top of the stack, like :mod:`fer.book`: it imports the chapters
 (only inside ``plan`` and ``train``), nothing imports it, and no run executes it, so it is
@@ -27,10 +28,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import torch
-
+from .pages import LEARNING_RULE, run_learning
 from .profiles import PROFILES
-from .runs import PREDICTIONS_FILE, Run, find_runs, runs_root
+from .runs import find_runs, runs_root
 
 __all__ = ["main", "run_rows", "global_batch", "world_size"]
 
@@ -42,15 +42,6 @@ _FOLD = re.compile(r"^ckf(\d+)-")
 
 
 # =========================================================================== list
-
-
-def _majority_share(run: Run, split: str) -> float | None:
-    if not (run.path / PREDICTIONS_FILE).is_file():
-        return None
-    targets = run.predictions().get(split, {}).get("targets")
-    if targets is None or len(targets) == 0:
-        return None
-    return float(torch.bincount(targets.long().flatten()).max()) / len(targets)
 
 
 def _name_parts(name: str) -> dict[str, Any]:
@@ -67,10 +58,12 @@ def run_rows(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """One record per run folder under ``runs_root(root)`` (:func:`fer.runs.find_runs`).
 
     Keys: ``id`` (the folder), ``name``, ``chapter``, ``profile``, ``row``, ``fold`` (from a
-    book run's name; ``None`` otherwise), ``seed`` (its config), ``complete``, ``eval_set``
-    (``test``, else ``val``), ``accuracy``, ``mean_class_accuracy``, ``majority_share`` (the
-    largest class's share of that set's targets in ``predictions.pt``: the accuracy of
-    always answering it), ``epochs``, ``device``, ``precision`` and ``wall_seconds``
+    book run's name; ``None`` otherwise), ``seed`` (its config), ``complete``, then from
+    :func:`fer.pages.run_learning`: ``eval_set`` (``test``, else ``val``), ``accuracy``,
+    ``mean_class_accuracy``, ``majority_share`` (the largest class's share of that set's
+    targets in ``predictions.pt``: the accuracy of always answering it), ``classes`` and
+    ``learned`` (:func:`fer.pages.learned`: the floor every demo run must clear; ``None``
+    while incomplete); and ``epochs``, ``device``, ``precision`` and ``wall_seconds``
     (``metrics.json``'s ``timing.total_seconds``). Metrics are ``None`` while incomplete.
     """
     rows = []
@@ -78,12 +71,10 @@ def run_rows(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         rec: dict[str, Any] = {"id": r.path.name, "name": r.name, **_name_parts(r.name),
                                "seed": r.record.get("config", {}).get("seed"), "complete": r.complete}
         metrics: dict[str, Any] = r.metrics() if r.complete else {}
-        split = "test" if isinstance(metrics.get("test"), dict) else "val" if isinstance(metrics.get("val"),
-                                                                                           dict) else None
-        m = metrics.get(split, {}) if split else {}
-        rec.update(eval_set=split, accuracy=m.get("accuracy"), mean_class_accuracy=m.get("mean_class_accuracy"),
-                   majority_share=_majority_share(r, split) if split else None, epochs=metrics.get("epochs"),
-                   device=metrics.get("device"), precision=metrics.get("precision"),
+        check = run_learning(r)
+        rec.update(eval_set=check.eval_set, accuracy=check.accuracy, mean_class_accuracy=check.mean_class_accuracy,
+                   majority_share=check.majority_share, classes=check.classes, learned=check.learned,
+                   epochs=metrics.get("epochs"), device=metrics.get("device"), precision=metrics.get("precision"),
                    wall_seconds=(metrics.get("timing") or {}).get("total_seconds"))
         rows.append(rec)
     return rows
@@ -110,10 +101,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(_table([[r["id"], r["chapter"], r["row"], r["seed"], r["profile"], _pct(r["accuracy"]),
                    _pct(r["mean_class_accuracy"]), _pct(r["majority_share"]),
+                   {True: "yes", False: "NO", None: "-"}[r["learned"]],
                    None if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}"] for r in rows],
-                 ["id", "chapter", "row", "seed", "profile", "acc %", "class-mean %", "majority %", "wall s"]))
+                 ["id", "chapter", "row", "seed", "profile", "acc %", "class-mean %", "majority %", "learned",
+                  "wall s"]))
+    failing = sum(r["learned"] is False for r in rows)
     print(f"{len(rows)} runs under {runs_root(args.runs)} (acc on each run's test set, else its val set; "
-          f"majority %: share of that set's largest class)")
+          f"majority %: share of that set's largest class); {failing} did not learn ({LEARNING_RULE})")
     return 0
 
 

@@ -45,7 +45,9 @@ What happens, in order:
    instead of running it. ``--force`` ignores the cache. ``FER_DEVICE`` is not part
    of the key; the ``device`` parameter is, where a notebook defines it.
 6. ``_build/book-report.json`` records per notebook the wall time, whether it came
-   from the cache, the profile and the parameters, plus the totals.
+   from the cache, the profile and the parameters, and the runs its banner names, with
+   those that did not learn (:func:`page_runs`, :func:`fer.pages.learned`); plus the
+   totals, the count of runs that did not learn among them.
 7. Unless ``--no-build``: ``jupyter-book build _build/src --path-output <root>`` with
    execution off, so the book lands at ``<root>/_build/html/index.html``. The build
    fails on Sphinx errors and on warnings that mean a broken book (toc entries,
@@ -105,7 +107,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -139,6 +141,7 @@ __all__ = [
     "stage_sources",
     "run_notebooks",
     "write_report",
+    "page_runs",
     "build_html",
     "failed_pages",
     "not_run_pages",
@@ -248,6 +251,8 @@ class NotebookResult:
     cached: bool = False
     status: str = "executed"  # executed | cached | skipped | failed
     key: str = ""
+    runs: list[str] = field(default_factory=list)  # the runs its banner names (page_runs)
+    not_learned: list[str] = field(default_factory=list)  # those the banner lists as not learned
 
     def to_json(self) -> dict[str, Any]:
         """The report entry for this notebook (everything but its name)."""
@@ -653,6 +658,7 @@ def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: b
     if hit is not None:
         _sync_file(hit, dest)
         result.cached, result.status = True, "cached"
+        result.runs, result.not_learned = page_runs(dest)
         return result
     if not job.selected:
         _stage_marked(paths.root / job.rel, dest, _stamp(job, profile, "not-run", reason=_NOT_SELECTED))
@@ -671,9 +677,37 @@ def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: b
         raise
     finally:
         result.seconds = round(time.perf_counter() - start, 2)
+    result.runs, result.not_learned = page_runs(dest)
     if not dry_run:
         _cache_store(paths, result, dest)
     return result
+
+
+_BANNER_RUNS = re.compile(r"""<div class="[^"]*\bfer-banner\b[^"]*" data-fer-runs='([^']*)' """
+                          r"""data-fer-not-learned='([^']*)'>""")
+
+
+def page_runs(nb_path: Path) -> tuple[list[str], list[str]]:
+    """The runs an executed notebook's banners name, and those they list as not learned.
+
+    Read from the ``data-fer-runs`` / ``data-fer-not-learned`` attributes that
+    :func:`fer.pages.banner` writes into its HTML output (the kernel decided, with
+    :func:`fer.pages.learned`); ids in first-seen order, each once. A page without a
+    banner names none.
+    """
+    from html import unescape
+
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    runs: dict[str, None] = {}
+    failing: dict[str, None] = {}
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            html = out.get("data", {}).get("text/html", "")
+            html = "".join(html) if isinstance(html, list) else html
+            for named, missed in _BANNER_RUNS.findall(html):
+                runs.update(dict.fromkeys(json.loads(unescape(named))))
+                failing.update(dict.fromkeys(json.loads(unescape(missed))))
+    return list(runs), list(failing)
 
 
 def _stamp(job: _Job, profile: str, status: str, **extra: Any) -> dict[str, Any]:
@@ -1103,11 +1137,15 @@ def write_report(
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Write ``_build/book-report.json`` and return what was written."""
+    named = {run: None for r in results for run in r.runs}
+    failing = {run: None for r in results for run in r.not_learned}
     report = {
         "profile": profile,
         "dry_run": dry_run,
         "data_root": data_root,
         "notebooks": {r.notebook: r.to_json() for r in results},
+        "runs": len(named),
+        "runs_not_learned": list(failing),
         "notebook_seconds": round(sum(r.seconds for r in results), 2),
         "build_seconds": None if build_seconds is None else round(build_seconds, 2),
         "total_seconds": round(seconds, 2),
@@ -1263,6 +1301,13 @@ def _build_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def _report_not_learned(report: Mapping[str, Any]) -> None:
+    failing = report.get("runs_not_learned") or []
+    if report.get("runs"):
+        print(f"{len(failing)} of {report['runs']} runs named on the pages did not learn"
+              + (f" (listed in a warning box on their pages): {', '.join(failing)}" if failing else ""))
+
+
 def _report_withdrawn(withdrawn: Sequence[str], paths: BookPaths) -> None:
     if withdrawn:
         print(f"warning: withdrew the HTML of {len(withdrawn)} page(s) whose results this run did "
@@ -1299,8 +1344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force, jobs=args.jobs, package_dir=args.package_dir, device=args.device,
             dry_run=args.dry_run,
         )
-        write_report(paths, args.profile, data_root, results, time.perf_counter() - start, dry_run=args.dry_run)
+        report = write_report(paths, args.profile, data_root, results, time.perf_counter() - start,
+                              dry_run=args.dry_run)
         print(f"notebooks staged in {paths.src} ({time.perf_counter() - start:.1f} s)")
+        _report_not_learned(report)
         if args.no_build:
             _report_withdrawn(prune_stale_html(paths, args.profile), paths)
             return 0

@@ -15,6 +15,7 @@ import pytest
 
 from fer import REPO_ROOT
 from fer._runs_cli import main
+from fer.pages import learned
 from fer.experiments import cbam_vgg, manet, mapnet, masked, msanet
 from fer.experiments.plan import CHAPTERS, PlanError, page_knobs, plan, select
 
@@ -144,7 +145,8 @@ def test_list_json_fields(trained, capsys, monkeypatch):
     assert (row["chapter"], row["profile"], row["row"], row["seed"], row["fold"]) == ("cbam_vgg", "smoke",
                                                                                     "f-vgg16_flatten", 0, None)
     assert row["eval_set"] == "test" and 0 <= row["accuracy"] <= 1 and 0 <= row["mean_class_accuracy"] <= 1
-    assert 1 / 7 <= row["majority_share"] <= 1 and row["wall_seconds"] > 0
+    assert 1 / 7 <= row["majority_share"] <= 1 and row["wall_seconds"] > 0 and row["classes"] == 7
+    assert row["learned"] is learned(row["accuracy"], row["mean_class_accuracy"], row["majority_share"], 7)
     assert rows["cbam_vgg-smoke-face-pretrain"]["eval_set"] == "val"  # no test set: its held-out identities
     assert main(["list", "--runs", str(trained)]) == 0
     assert "cbam_vgg-smoke-f-vgg16_flatten-" in capsys.readouterr().out
