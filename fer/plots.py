@@ -318,7 +318,8 @@ def cam_grid(images: Sequence, cams: Any, *, titles: Sequence[str] | None = None
 # --------------------------------------------------------------------------- paper vs ours
 
 
-def paper_vs_ours(rows: Iterable[Mapping[str, Any]] | Any, *, caption: str | None = None, precision: int = 1,
+def paper_vs_ours(rows: Iterable[Mapping[str, Any]] | Any, *, direct: bool, baseline: str | None = None,
+                  within: Sequence[str] = (), caption: str | None = None, precision: int = 1,
                   styled: bool = True):
     """The paper's reported number beside ours, one row per model (and metric/dataset).
 
@@ -327,14 +328,23 @@ def paper_vs_ours(rows: Iterable[Mapping[str, Any]] | Any, *, caption: str | Non
             (numbers in the same unit, e.g. accuracy in %; ``None`` where missing).
             Any other keys (``metric``, ``dataset``, ``profile``, ...) become columns
             between ``model`` and ``paper``, in first-seen order.
+        direct: whether the paper's numbers and ours come from the same data under the
+            same protocol (the ``paper`` profile on the real datasets; pass
+            ``not setup.synthetic``). Then a ``difference`` column (ours − paper) follows.
+            In the SynFER profiles a gap between a real dataset and its stand-in
+            measures nothing, so there is none: compare gains instead (``baseline``).
+        baseline: a ``model`` of ``rows``: adds ``paper gain`` (each row's paper number
+            minus the baseline's) and ``our gain`` (the same for ours), the paper's gain
+            over its baseline beside ours over ours, which is comparable in every profile.
+        within: columns whose values set the groups the gains are taken in (e.g.
+            ``("split",)`` when each model has a val and a test row); the baseline must
+            have a row in each group.
         caption: what produced the numbers, e.g. ``"demo profile, SynFER raf-like,
             64 px, 3 epochs; paper: RAF-DB"``: shown above the table and kept in
             ``DataFrame.attrs["caption"]``.
         precision: decimals shown.
         styled: return a pandas ``Styler`` (caption, formatting, missing shown as
             "—") or, with ``False``, the plain ``DataFrame``.
-
-    The ``difference`` column is ``ours - paper``.
     """
     import pandas as pd
 
@@ -348,14 +358,40 @@ def paper_vs_ours(rows: Iterable[Mapping[str, Any]] | Any, *, caption: str | Non
     df = pd.DataFrame.from_records(records, columns=["model", *extra, "paper", "ours"])
     for col in ("paper", "ours"):
         df[col] = pd.to_numeric(df[col], errors="raise").astype(float)
-    df["difference"] = df["ours"] - df["paper"]
+    signed = []
+    if direct:
+        df["difference"] = df["ours"] - df["paper"]
+        signed.append("difference")
+    if baseline is not None:
+        for col, gain in (("paper", "paper gain"), ("ours", "our gain")):
+            df[gain] = df[col] - _baseline_values(df, col, baseline, list(within))
+        signed += ["paper gain", "our gain"]
     df.attrs["caption"] = caption
     if not styled:
         return df
     fmt = {c: f"{{:.{precision}f}}" for c in ("paper", "ours")}
-    fmt["difference"] = f"{{:+.{precision}f}}"
+    fmt.update({c: f"{{:+.{precision}f}}" for c in signed})
     styler = df.style.format(fmt, na_rep="—").hide(axis="index")
     if caption:
         styler = styler.set_caption(caption).set_table_styles(
             [{"selector": "caption", "props": "caption-side: top; text-align: left; font-style: italic;"}])
     return styler
+
+
+def _baseline_values(df: Any, col: str, baseline: str, within: list[str]) -> Any:
+    """``df[col]`` of the ``baseline`` model's row in each row's ``within`` group, aligned to ``df``."""
+    base = df[df["model"] == baseline]
+    if base.empty:
+        raise ValueError(f"baseline {baseline!r} is not a model of the table: {sorted(set(df['model']))}")
+    unknown = [c for c in within if c not in df.columns]
+    if unknown:
+        raise ValueError(f"within names columns the table lacks: {unknown}")
+    if not within:
+        if len(base) > 1:
+            raise ValueError(f"baseline {baseline!r} has {len(base)} rows: name the columns that tell them "
+                             f"apart in within=")
+        return float(base[col].iloc[0])
+    if base.duplicated(within).any():
+        raise ValueError(f"baseline {baseline!r} has several rows in one group of {within}")
+    merged = df[within].merge(base[within + [col]], on=within, how="left")
+    return merged[col].to_numpy()

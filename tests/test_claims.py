@@ -193,3 +193,37 @@ def test_mapnet_paper_accuracy_and_verdicts():
     assert C.mapnet_sweep_verdict(5.0, 0.0, 1).startswith("with a single seed")
     assert C.mapnet_sweep_verdict(2.5, 1.0, 3).startswith("more than twice")
     assert C.mapnet_sweep_verdict(1.5, 1.0, 3) == "within the noise"
+
+
+def test_claim_verdict_rule():
+    v = C.claim_verdict([72.0, 73.0, 74.0], [70.0, 70.5, 71.5], claim="CBAM beats GAP")
+    assert v.verdict == "holds" and v.paired and v.seeds == 3 and v.claim == "CBAM beats GAP"
+    assert v.gain == pytest.approx(2.333, abs=1e-3) and v.se == pytest.approx(0.1667, abs=1e-3)
+    assert v.text() == "+2.3 ± 0.2 points (SE, 3 seeds)" and v.interval[0] > 0
+    # no gain shown, and any gain shown to be under MIN_GAIN (1 point): does not hold
+    assert C.claim_verdict([0.2, -0.3, 0.1, 0.0, -0.1]).verdict == "does not hold"
+    # a small gain, clear of the noise, holds (the claim is the direction; its size is reported)
+    assert C.claim_verdict([0.2, 0.4, 0.3, 0.1]).verdict == "holds"
+    # the other way round, clearly: does not hold
+    assert C.claim_verdict([-3.0, -2.5, -3.5]).verdict == "does not hold"
+    # spread too wide to tell: inconclusive
+    assert C.claim_verdict([5.0, -4.0, 2.0]).verdict == "inconclusive"
+    # too few seeds, however clear
+    few = C.claim_verdict([9.0, 9.1])
+    assert few.verdict == "inconclusive" and few.seeds == 2
+    assert C.claim_verdict([9.0]).verdict == "inconclusive"
+    # unpaired: Welch's SE; the sides may differ in length
+    w = C.claim_verdict([80.0, 81.0, 82.0], [70.0, 72.0, 71.0, 73.0], paired=False)
+    assert not w.paired and w.verdict == "holds" and w.gain == pytest.approx(81.0 - 71.5)
+    assert w.se == pytest.approx((1.0 / 3 + (5 / 3) / 4) ** 0.5)
+    # pairing removes the shared seed-to-seed spread that Welch keeps
+    a, b = [60.0, 70.0, 80.0], [59.0, 69.0, 79.0]
+    assert C.claim_verdict(a, b).verdict == "holds"
+    assert C.claim_verdict(a, b, paired=False).verdict == "inconclusive"
+    assert C.claim_verdict([0.5, 0.6, 0.4], min_gain=0.2).verdict == "holds"
+    with pytest.raises(ValueError, match="one b per a"):
+        C.claim_verdict([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="finite"):
+        C.claim_verdict([1.0, float("nan"), 3.0])
+    assert "mean minus 2 SE is above 0" in C.VERDICT_RULE and "below 1 point" in C.VERDICT_RULE
+    assert "inconclusive" in C.VERDICT_RULE

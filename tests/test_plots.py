@@ -117,14 +117,34 @@ def test_image_grid_accepts_none_heatmaps():
 def test_paper_vs_ours_table():
     rows = [{"model": "CBAM-VGG", "dataset": "FER2013", "paper": 69.4, "ours": 41.3},
             {"model": "MANet", "dataset": "RAF-DB", "paper": 88.4, "ours": None}]
-    df = plots.paper_vs_ours(rows, caption="demo profile, SynFER", styled=False)
+    df = plots.paper_vs_ours(rows, direct=True, caption="paper profile, FER2013", styled=False)
     assert isinstance(df, pd.DataFrame) and df.shape == (2, 5)
     assert list(df.columns) == ["model", "dataset", "paper", "ours", "difference"]
     assert df.loc[0, "difference"] == pytest.approx(41.3 - 69.4) and np.isnan(df.loc[1, "difference"])
-    assert df.attrs["caption"] == "demo profile, SynFER"
-    styler = plots.paper_vs_ours(rows, caption="demo profile, SynFER")
+    assert df.attrs["caption"] == "paper profile, FER2013"
+    styler = plots.paper_vs_ours(rows, direct=True, caption="paper profile, FER2013")
     html = styler.to_html()
-    assert "demo profile, SynFER" in html and "-28.1" in html and "—" in html
+    assert "paper profile, FER2013" in html and "-28.1" in html and "—" in html
     assert html.count("<tr>") == 3  # header + 2 rows
     with pytest.raises(ValueError, match="lack one of the keys"):
-        plots.paper_vs_ours([{"model": "x", "paper": 1.0}])
+        plots.paper_vs_ours([{"model": "x", "paper": 1.0}], direct=True)
+
+
+def test_paper_vs_ours_on_a_stand_in_compares_gains_not_levels():
+    rows = [{"model": m, "split": s, "paper": p + (1 if s == "test" else 0), "ours": o + (2 if s == "test" else 0)}
+            for s in ("val", "test") for m, p, o in (("g", 68.0, 30.0), ("cbam", 70.0, 29.0), ("a", 20.0, 25.0))]
+    df = plots.paper_vs_ours(rows, direct=False, baseline="g", within=("split",), styled=False)
+    assert "difference" not in df.columns  # a real dataset against a stand-in measures nothing
+    cbam = df[df["model"] == "cbam"].set_index("split")
+    assert cbam.loc["val", "paper gain"] == pytest.approx(2.0) and cbam.loc["test", "our gain"] == pytest.approx(-1.0)
+    assert (df[df["model"] == "g"][["paper gain", "our gain"]] == 0).all().all()
+    html = plots.paper_vs_ours(rows, direct=False, baseline="g", within=("split",)).to_html()
+    assert "+2.0" in html and "-1.0" in html and "difference" not in html
+    with pytest.raises(ValueError, match="has 2 rows: name the columns"):
+        plots.paper_vs_ours(rows, direct=False, baseline="g")
+    with pytest.raises(ValueError, match="'vgg' is not a model of the table"):
+        plots.paper_vs_ours(rows, direct=False, baseline="vgg", within=("split",))
+    # a group without the baseline's number: no gain there
+    rows[0]["ours"] = None
+    df = plots.paper_vs_ours(rows, direct=False, baseline="g", within=("split",), styled=False)
+    assert df[df["split"] == "val"]["our gain"].isna().all() and df[df["split"] == "val"]["paper gain"].notna().all()

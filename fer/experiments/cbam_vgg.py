@@ -92,6 +92,7 @@ __all__ = [
     "train_config",
     "run_row",
     "row_label",
+    "figure7_model",
     "figure7_table",
     "schedule_table",
     "cbam_parameter_check",
@@ -429,6 +430,12 @@ def row_label(row: str, setup: Setup) -> str:
     return f"{r.model} ({start})"
 
 
+def figure7_model(row: str) -> str:
+    """The ``model`` that :func:`figure7_table` gives row ``row`` (for ``paper_vs_ours(baseline=...)``)."""
+    r = _ROWS[row]
+    return f"({r.key}) {r.label}" if r.key != "cbam" else f"proposed: {r.label}"
+
+
 def figure7_table(results: Mapping[str, RunResult], setup: Setup, *, splits: Sequence[str] = ("val", "test")
                   ) -> list[dict[str, Any]]:
     """Rows for :func:`fer.plots.paper_vs_ours`: every Figure 7 row, ours where it was run."""
@@ -437,7 +444,7 @@ def figure7_table(results: Mapping[str, RunResult], setup: Setup, *, splits: Seq
         res = results.get(r.key)
         for split in splits:
             ours = None if res is None else 100.0 * float(res.metrics[split]["accuracy"])
-            out.append({"model": f"({r.key}) {r.label}" if r.key != "cbam" else f"proposed: {r.label}",
+            out.append({"model": figure7_model(r.key),
                         "ours as": row_label(r.key, setup) if buildable(r) else "not buildable",
                         "split": split, "paper": getattr(r, split), "ours": ours})
     return out

@@ -8,10 +8,15 @@ Notebooks call these and ``glue`` what they return; they hold no comparison of t
 
 One rule underlies the seed-based verdicts, :func:`separation`: a difference counts
 only when it is further from zero than ``k`` times the noise it is judged against.
+
+:func:`claim_verdict` is the one rule for a paper's central comparisons (issue 17 §3):
+a gain measured over seeds, reported as mean ± standard error, and judged ``holds``,
+``does not hold`` or ``inconclusive`` by :data:`VERDICT_RULE`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -19,6 +24,12 @@ import numpy as np
 from . import cbam_vgg, manet, mapnet, masked
 
 __all__ = [
+    "Verdict",
+    "claim_verdict",
+    "VERDICT_RULE",
+    "MIN_GAIN",
+    "MIN_SEEDS",
+    "VERDICT_Z",
     "Side",
     "separation",
     "seed_sd",
@@ -82,6 +93,92 @@ def binomial_se(p: float, n: int) -> float:
     if not 0 <= p <= 1 or n <= 0:
         raise ValueError(f"need 0 <= p <= 1 and n > 0, got p={p}, n={n}")
     return math.sqrt(p * (1 - p) / n)
+
+
+# =========================================================================== central claims
+
+#: Standard errors on each side of a gain's mean that the verdict asks for (about a 95%
+#: interval for a normal mean; with 3 seeds a t-interval would be wider: 2 SE is the
+#: stated rule, not a significance test).
+VERDICT_Z: float = 2.0
+#: The smallest gain, in accuracy points, worth a claim: a gain shown to be below it
+#: means the claim does not hold.
+MIN_GAIN: float = 1.0
+#: Fewer seeds than this give no verdict (the standard error of 2 seeds is itself too noisy).
+MIN_SEEDS: int = 3
+#: The rule as a page states it.
+VERDICT_RULE: str = (
+    f"A claimed gain is measured over at least {MIN_SEEDS} seeds and reported as mean ± standard error (SE). "
+    f"It **holds** when the mean minus {VERDICT_Z:g} SE is above 0. Otherwise it **does not hold** when the mean "
+    f"plus {VERDICT_Z:g} SE is below {MIN_GAIN:g} point (any gain is smaller than that, or it goes the other "
+    f"way), and it is **inconclusive** when neither is shown.")
+
+Outcome = Literal["holds", "does not hold", "inconclusive"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One claimed gain over seeds: its mean, standard error, seeds and :func:`claim_verdict`'s outcome."""
+
+    claim: str
+    gain: float
+    se: float
+    seeds: int
+    paired: bool
+    verdict: Outcome
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """``gain ∓ VERDICT_Z * se``: what the verdict judges."""
+        return self.gain - VERDICT_Z * self.se, self.gain + VERDICT_Z * self.se
+
+    def text(self, unit: str = " points") -> str:
+        """E.g. ``"+2.1 ± 0.6 points (SE, 3 seeds)"``."""
+        return f"{self.gain:+.1f} ± {self.se:.1f}{unit} (SE, {self.seeds} seeds)"
+
+
+def claim_verdict(a: Sequence[float], b: Sequence[float] | None = None, *, claim: str = "", paired: bool = True,
+                  min_gain: float = MIN_GAIN) -> Verdict:
+    """Judge the claim "``a`` is higher than ``b``" by :data:`VERDICT_RULE`.
+
+    Args:
+        a, b: one number per seed (accuracy in points, or any score where higher is what
+            the paper claims; pass the drops the other way round for "drops less").
+            Without ``b``, ``a`` holds the per-seed gains themselves.
+        claim: the claim in words (kept on the result).
+        paired: ``a[i]`` and ``b[i]`` come from the same seed (same data draw and
+            initialisation): the gain's SE is that of the per-seed differences. ``False``:
+            Welch's SE of a difference of two means (``a`` and ``b`` may differ in length).
+        min_gain: the smallest gain worth the claim, in the same unit.
+
+    Fewer than :data:`MIN_SEEDS` gains (or seeds on either side) give ``inconclusive``.
+    """
+    a_ = np.asarray(a, dtype=float)
+    if b is None:
+        gains, paired = a_, True
+        n = gains.size
+        gain = float(gains.mean()) if n else float("nan")
+        se = float(gains.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    else:
+        b_ = np.asarray(b, dtype=float)
+        if paired:
+            if a_.shape != b_.shape:
+                raise ValueError(f"paired gains need one b per a (same seeds), got {a_.size} and {b_.size}")
+            return claim_verdict(a_ - b_, claim=claim, min_gain=min_gain)
+        n = min(a_.size, b_.size)
+        gain = float(a_.mean() - b_.mean()) if n else float("nan")
+        se = (float(math.sqrt(a_.var(ddof=1) / a_.size + b_.var(ddof=1) / b_.size)) if n > 1 else float("nan"))
+    if not np.all(np.isfinite(a_)) or (b is not None and not np.all(np.isfinite(np.asarray(b, dtype=float)))):
+        raise ValueError(f"claim {claim!r}: every seed needs a finite number, got a={list(a)}, b={list(b or [])}")
+    if n < MIN_SEEDS:
+        outcome: Outcome = "inconclusive"
+    elif gain - VERDICT_Z * se > 0:
+        outcome = "holds"
+    elif gain + VERDICT_Z * se < min_gain:
+        outcome = "does not hold"
+    else:
+        outcome = "inconclusive"
+    return Verdict(claim, gain, se, int(n), paired, outcome)
 
 
 # =========================================================================== VGG16 + CBAM

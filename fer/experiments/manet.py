@@ -111,6 +111,7 @@ __all__ = [
     "output_to_logits",
     "rasnet_loss",
     "manet_forward",
+    "table_model",
     "table3",
     "table5",
     "paper_confusion",
@@ -602,6 +603,15 @@ def summed_confusion(runs: Sequence[RunResult]) -> np.ndarray:
 
 def _acc(res: RunResult | None) -> float | None:
     return None if res is None else 100.0 * float(res.metrics["test"]["accuracy"])
+
+
+def table_model(key: str) -> str:
+    """The ``model`` that :func:`table3` and :func:`table5` give row ``key`` (``"ours"``, ``"se"``,
+    ``"vgg"``, ...), for ``paper_vs_ours(baseline=...)``."""
+    for r in (*TABLE3, *TABLE5):
+        if r.key == key:
+            return r.label
+    raise ValueError(f"no row {key!r} in Table 3 or 5; rows: {sorted({r.key for r in (*TABLE3, *TABLE5)})}")
 
 
 def table3(results: Mapping[tuple[str, bool], Sequence[RunResult]], setup: Setup) -> list[dict[str, Any]]:
