@@ -142,6 +142,9 @@ __all__ = [
     "run_notebooks",
     "write_report",
     "page_runs",
+    "page_claims",
+    "write_verdicts_page",
+    "VERDICTS_PAGE",
     "build_html",
     "failed_pages",
     "not_run_pages",
@@ -253,6 +256,7 @@ class NotebookResult:
     key: str = ""
     runs: list[str] = field(default_factory=list)  # the runs its banner names (page_runs)
     not_learned: list[str] = field(default_factory=list)  # those the banner lists as not learned
+    claims: list[dict[str, Any]] = field(default_factory=list)  # its tested claims (page_claims)
 
     def to_json(self) -> dict[str, Any]:
         """The report entry for this notebook (everything but its name)."""
@@ -658,7 +662,7 @@ def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: b
     if hit is not None:
         _sync_file(hit, dest)
         result.cached, result.status = True, "cached"
-        result.runs, result.not_learned = page_runs(dest)
+        _read_page_outputs(result, dest)
         return result
     if not job.selected:
         _stage_marked(paths.root / job.rel, dest, _stamp(job, profile, "not-run", reason=_NOT_SELECTED))
@@ -677,10 +681,37 @@ def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: b
         raise
     finally:
         result.seconds = round(time.perf_counter() - start, 2)
-    result.runs, result.not_learned = page_runs(dest)
+    _read_page_outputs(result, dest)
     if not dry_run:
         _cache_store(paths, result, dest)
     return result
+
+
+def _read_page_outputs(result: NotebookResult, executed: Path) -> None:
+    """What the report and the verdicts page take from an executed page: its runs and claims."""
+    result.runs, result.not_learned = page_runs(executed)
+    result.claims = page_claims(executed)
+
+
+def _html_outputs(nb_path: Path) -> Iterator[str]:
+    """The ``text/html`` of every code cell output of the notebook ``nb_path``."""
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            html = out.get("data", {}).get("text/html", "")
+            yield "".join(html) if isinstance(html, list) else html
+
+
+_CLAIMS = re.compile(r"""<table class="fer-claims" data-fer-claims='([^']*)'>""")
+
+
+def page_claims(nb_path: Path) -> list[dict[str, Any]]:
+    """The claims an executed notebook tested: the records of every
+    :func:`fer.experiments.claims.claims_table` among its outputs, in page order."""
+    from html import unescape
+
+    return [rec for html in _html_outputs(nb_path) for found in _CLAIMS.findall(html)
+            for rec in json.loads(unescape(found))]
 
 
 _BANNER_RUNS = re.compile(r"""<div class="[^"]*\bfer-banner\b[^"]*" data-fer-runs='([^']*)' """
@@ -697,16 +728,12 @@ def page_runs(nb_path: Path) -> tuple[list[str], list[str]]:
     """
     from html import unescape
 
-    nb = json.loads(nb_path.read_text(encoding="utf-8"))
     runs: dict[str, None] = {}
     failing: dict[str, None] = {}
-    for cell in nb.get("cells", []):
-        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
-            html = out.get("data", {}).get("text/html", "")
-            html = "".join(html) if isinstance(html, list) else html
-            for named, missed in _BANNER_RUNS.findall(html):
-                runs.update(dict.fromkeys(json.loads(unescape(named))))
-                failing.update(dict.fromkeys(json.loads(unescape(missed))))
+    for html in _html_outputs(nb_path):
+        for named, missed in _BANNER_RUNS.findall(html):
+            runs.update(dict.fromkeys(json.loads(unescape(named))))
+            failing.update(dict.fromkeys(json.loads(unescape(missed))))
     return list(runs), list(failing)
 
 
@@ -1127,6 +1154,55 @@ def run_notebooks(
     return ordered
 
 
+#: The page that lists every claim the book's pages test, with its verdict (issue 17 §5).
+VERDICTS_PAGE = Path("book/beyond/verdicts.md")
+#: The line of :data:`VERDICTS_PAGE` that the staged copy replaces with the table.
+VERDICTS_MARKER = "<!-- fer-book: the verdicts table goes here -->"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def verdicts_markdown(results: Sequence[NotebookResult], profile: str) -> str:
+    """The verdicts table (MyST Markdown) of every claim in ``results``' pages, in book order."""
+    rows = [(r.notebook, c) for r in results for c in r.claims]
+    if not rows:
+        return (f"*No page of this build (`{profile}` profile) tested a claim: the pages that test one were "
+                f"not executed, or ran as a dry run.*")
+    counts = {v: sum(c["verdict"] == v for _, c in rows) for v in ("holds", "does not hold", "inconclusive")}
+    lines = [f"{len(rows)} claims tested with the `{profile}` profile: "
+             + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", "",
+             "| paper | claim | the paper | ours (mean ± SE) | seeds | verdict | evidence |",
+             "|---|---|---|---|---|---|---|"]
+    for nb, c in rows:
+        unit = c.get("unit", " points")
+        paper = "—" if c.get("paper_value") is None else f"{c['paper_value']:+.1f}{unit}"
+        link = Path(os.path.relpath(nb, VERDICTS_PAGE.parent.as_posix())).as_posix()
+        name = Path(nb).with_suffix("").as_posix().removeprefix("book/")
+        lines.append(f"| {_cell(c['paper'])} | {_cell(c['claim'])} | {paper} | {c['gain']:+.1f} ± {c['se']:.1f}"
+                     f"{unit} | {c['seeds']} | **{_cell(c['verdict'])}** | [{name}]({link}) |")
+    rules = dict.fromkeys(c.get("rule") for _, c in rows if c.get("rule"))
+    lines += ["", *(f"**The rule.** {rule}" for rule in rules)]
+    return "\n".join(lines)
+
+
+def write_verdicts_page(paths: BookPaths, results: Sequence[NotebookResult], profile: str) -> Path | None:
+    """Fill the staged :data:`VERDICTS_PAGE` with :func:`verdicts_markdown` at its marker.
+
+    A book without that page gets none (``None``); a page without the marker is an error.
+    """
+    page = paths.src / VERDICTS_PAGE
+    if not page.is_file():
+        return None
+    text = page.read_text(encoding="utf-8")
+    if VERDICTS_MARKER not in text:
+        raise BookError(f"{paths.root / VERDICTS_PAGE} lacks the line {VERDICTS_MARKER!r} where the verdicts "
+                        f"table goes; put it back")
+    _atomic_write_text(page, text.replace(VERDICTS_MARKER, verdicts_markdown(results, profile)))
+    return page
+
+
 def write_report(
     paths: BookPaths,
     profile: str,
@@ -1139,6 +1215,7 @@ def write_report(
     """Write ``_build/book-report.json`` and return what was written."""
     named = {run: None for r in results for run in r.runs}
     failing = {run: None for r in results for run in r.not_learned}
+    claims = [{"page": r.notebook, **c} for r in results for c in r.claims]
     report = {
         "profile": profile,
         "dry_run": dry_run,
@@ -1146,6 +1223,7 @@ def write_report(
         "notebooks": {r.notebook: r.to_json() for r in results},
         "runs": len(named),
         "runs_not_learned": list(failing),
+        "claims": claims,
         "notebook_seconds": round(sum(r.seconds for r in results), 2),
         "build_seconds": None if build_seconds is None else round(build_seconds, 2),
         "total_seconds": round(seconds, 2),
@@ -1344,6 +1422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force, jobs=args.jobs, package_dir=args.package_dir, device=args.device,
             dry_run=args.dry_run,
         )
+        write_verdicts_page(paths, results, args.profile)
         report = write_report(paths, args.profile, data_root, results, time.perf_counter() - start,
                               dry_run=args.dry_run)
         print(f"notebooks staged in {paths.src} ({time.perf_counter() - start:.1f} s)")

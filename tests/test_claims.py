@@ -227,3 +227,20 @@ def test_claim_verdict_rule():
         C.claim_verdict([1.0, float("nan"), 3.0])
     assert "mean minus 2 SE is above 0" in C.VERDICT_RULE and "below 1 point" in C.VERDICT_RULE
     assert "inconclusive" in C.VERDICT_RULE
+
+
+def test_mapnet_claims_pair_seeds_and_quote_table2():
+    acc = {"baseline": {0: 70.0, 1: 71.0, 2: 72.0}, "ps": {0: 72.0, 1: 73.5, 2: 74.0, 3: 99.0},
+           "mam": {0: 72.1, 1: 73.3, 2: 74.2}, "wcl": {0: 75.0, 1: 76.0, 2: 77.0}}
+    occ = {"baseline": {0: 50.0, 1: 52.0, 2: 49.0}, "wcl": {0: 49.0, 1: 53.0, 2: 51.0}}
+    rows = C.mapnet_claims(acc, occ)
+    assert len(rows) == len(C.MAPNET_CLAIMS) == 5
+    by = {r["claim"]: r for r in rows}
+    ps = by["+ PS beats Baseline on RAF-DB"]
+    assert ps["verdict"].seeds == 3 and ps["verdict"].verdict == "holds"  # seed 3 has no baseline: left out
+    assert ps["paper"] == pytest.approx(C.mapnet_paper_step("baseline", "ps"))
+    assert by["+ PS + MAM beats + PS on RAF-DB"]["verdict"].verdict == "does not hold"
+    fed = by["+ PS + MAM + WCL (MAPNet) beats Baseline on occluded faces (FED-RO)"]
+    assert fed["verdict"].verdict == "inconclusive" and fed["paper"] == pytest.approx(
+        C.mapnet_paper_step("baseline", "wcl", "FED-RO"))
+    assert len(C.mapnet_claims({"baseline": acc["baseline"]}, {})) == 0  # rows not run: no claim

@@ -15,6 +15,7 @@ a gain measured over seeds, reported as mean ± standard error, and judged ``hol
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
@@ -26,6 +27,8 @@ from . import cbam_vgg, manet, mapnet, masked
 __all__ = [
     "Verdict",
     "claim_verdict",
+    "claim_records",
+    "claims_table",
     "VERDICT_RULE",
     "MIN_GAIN",
     "MIN_SEEDS",
@@ -41,6 +44,8 @@ __all__ = [
     "manet_claims",
     "mapnet_paper_step",
     "mapnet_clear_count",
+    "mapnet_claims",
+    "MAPNET_CLAIMS",
     "masked_shared_verdict",
     "masked_close_verdict",
     "masked_variation_verdict",
@@ -181,6 +186,53 @@ def claim_verdict(a: Sequence[float], b: Sequence[float] | None = None, *, claim
     return Verdict(claim, gain, se, int(n), paired, outcome)
 
 
+def claim_records(claims: Sequence[Mapping[str, Any]], *, paper: str) -> list[dict[str, Any]]:
+    """JSON records of a page's tested claims: ``paper``, ``claim``, ``paper_value`` (the
+    paper's number for it, ``None`` where it gives none), ``unit``, and the
+    :class:`fer.experiments.claims.Verdict`'s ``gain``, ``se``, ``seeds`` and ``verdict``.
+
+    Each of ``claims`` is a mapping with ``verdict`` (a ``Verdict``), and optionally
+    ``paper`` (the paper's number) and ``unit`` (default ``" points"``).
+    """
+    out = []
+    for c in claims:
+        v = c["verdict"]
+        out.append({"paper": paper, "claim": v.claim, "paper_value": c.get("paper"), "unit": c.get("unit", " points"),
+                    "gain": v.gain, "se": v.se, "seeds": v.seeds, "verdict": v.verdict, "rule": VERDICT_RULE})
+    return out
+
+
+def claims_table(claims: Sequence[Mapping[str, Any]], *, paper: str) -> Any:
+    """A page's tested claims as a table, with the rule that judged them.
+
+    ``claims`` as for :func:`claim_records`. Returns an :class:`IPython.display.HTML`
+    table (claim, the paper's number, ours as mean ± SE, seeds, verdict) followed by
+    :data:`fer.experiments.claims.VERDICT_RULE`. The table's ``data-fer-claims``
+    attribute carries :func:`claim_records`, from which the book runner builds the
+    summary page of every claim the book tests (:func:`fer.book.page_claims`).
+    """
+    from html import escape
+
+    from IPython.display import HTML
+
+    records = claim_records(claims, paper=paper)
+
+    def num(v: Any, unit: str) -> str:
+        return "—" if v is None else f"{v:+.1f}{unit}"
+
+    def ours(r: Mapping[str, Any]) -> str:
+        return f"{r['gain']:+.1f} ± {r['se']:.1f}{r['unit']}"
+
+    body = "\n".join(
+        f"<tr><td>{escape(r['claim'])}</td><td>{escape(num(r['paper_value'], r['unit']))}</td>"
+        f"<td>{escape(ours(r))}</td><td>{r['seeds']}</td><td><strong>{escape(r['verdict'])}</strong></td></tr>"
+        for r in records)
+    rule = escape(VERDICT_RULE).replace("**", "")
+    return HTML(f"<table class=\"fer-claims\" data-fer-claims='{escape(json.dumps(records))}'>\n"
+                f"<thead><tr><th>claim ({escape(paper)})</th><th>paper</th><th>ours (mean ± SE)</th><th>seeds</th>"
+                f"<th>verdict</th></tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n<p><em>{rule}</em></p>")
+
+
 # =========================================================================== VGG16 + CBAM
 
 
@@ -269,6 +321,39 @@ def mapnet_paper_step(frm: str, to: str, column: str = "RAF-DB") -> float:
         raise KeyError(f"Table 2 has no column {column!r}; columns: {_TABLE2_COLUMNS}")
     i = _TABLE2_COLUMNS.index(column)
     return mapnet.TABLE2[to][i] - mapnet.TABLE2[frm][i]
+
+
+def _paired(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[list[float], list[float]]:
+    """``a`` and ``b`` (seed -> number) on the seeds both have, in seed order."""
+    seeds = sorted(set(a) & set(b))
+    return [a[s] for s in seeds], [b[s] for s in seeds]
+
+
+#: MAPNet's central claims from Table 2: (from row, to row, test set column).
+MAPNET_CLAIMS: tuple[tuple[str, str, str], ...] = (
+    ("baseline", "ps", "RAF-DB"), ("ps", "mam", "RAF-DB"), ("mam", "wcl", "RAF-DB"),
+    ("baseline", "wcl", "RAF-DB"), ("baseline", "wcl", "FED-RO"))
+
+
+def mapnet_claims(acc: Mapping[str, Mapping[int, float]], occluded: Mapping[str, Mapping[int, float]]
+                  ) -> list[dict[str, Any]]:
+    """MAPNet's Table 2 claims (:data:`MAPNET_CLAIMS`), each judged by :func:`claim_verdict` on
+    the seeds both rows ran (paired): every step on RAF-DB, and baseline to MAPNet on RAF-DB
+    and on occluded faces (FED-RO's column; ``occluded`` holds the accuracies on its
+    stand-in). ``acc`` / ``occluded``: row (``"baseline"``, ``"ps"``, ``"mam"``, ``"wcl"``)
+    -> seed -> accuracy in %. Rows for :func:`claims_table`.
+    """
+    out = []
+    for frm, to, column in MAPNET_CLAIMS:
+        data = acc if column == "RAF-DB" else occluded
+        if frm not in data or to not in data:
+            continue
+        a, b = _paired(data[to], data[frm])
+        where = "on RAF-DB" if column == "RAF-DB" else "on occluded faces (FED-RO)"
+        claim = f"{mapnet.TABLE2_LABELS[to]} beats {mapnet.TABLE2_LABELS[frm]} {where}"
+        out.append({"claim": claim, "paper": mapnet_paper_step(frm, to, column),
+                    "verdict": claim_verdict(a, b, claim=claim)})
+    return out
 
 
 def mapnet_clear_count(steps: Any) -> tuple[int, int]:
