@@ -244,3 +244,32 @@ def test_mapnet_claims_pair_seeds_and_quote_table2():
     assert fed["verdict"].verdict == "inconclusive" and fed["paper"] == pytest.approx(
         C.mapnet_paper_step("baseline", "wcl", "FED-RO"))
     assert len(C.mapnet_claims({"baseline": acc["baseline"]}, {})) == 0  # rows not run: no claim
+
+
+def test_masked_claims():
+    acc = {"vgg11": {0: 60.0, 1: 62.0, 2: 61.0}, "abn": {0: 58.0, 1: 57.0, 2: 59.0},
+           "fecn": {0: 60.5, 1: 61.0, 2: 61.2}}
+    rows = C.masked_claims(acc)
+    assert [r["verdict"].verdict for r in rows] == ["does not hold", "holds"]
+    assert rows[0]["paper"] == pytest.approx(C.masked_paper_gain("fecn", "vgg11"))
+    assert rows[1]["claim"].endswith("on masked faces") and rows[1]["verdict"].seeds == 3
+    assert C.masked_claims({"fecn": acc["fecn"]}) == []
+
+
+def test_msanet_claims_from_the_ablation_frame():
+    recs = []
+    for seed in (0, 1, 2):
+        for row, base in (("baseline", 80.0), ("ms", 82.0), ("as", 82.1), ("full", 85.0)):
+            recs.append({"row": row, "column": "raf", "seed": seed, "accuracy": base + seed * 0.3 + (row == "ms") * seed * 0.1})
+    for row, v in (("baseline", 50.0), ("as", 58.0)):
+        recs.append({"row": row, "column": "pose45", "seed": 0, "accuracy": v})
+    rows = C.msanet_claims(pd.DataFrame(recs))
+    by = {r["claim"]: r for r in rows}
+    assert by["MS beats the baseline on RAF-DB"]["verdict"].verdict == "holds"
+    assert by["MS beats the baseline on RAF-DB"]["paper"] == pytest.approx(84.33 - 82.59)
+    assert by["AS beats MS on RAF-DB"]["verdict"].verdict == "does not hold"
+    assert by["MSA-Net beats AS on RAF-DB"]["paper"] == pytest.approx(86.32 - 85.36)
+    pose = by["AS beats the baseline on faces with |yaw| >= 45 (AffectNet)"]
+    assert pose["verdict"].verdict == "inconclusive" and pose["verdict"].seeds == 1  # one AffectNet seed
+    assert pose["paper"] == pytest.approx(54.81 - 52.39)
+    assert len(rows) == 4  # no pose30 runs: that claim is left out

@@ -52,6 +52,10 @@ __all__ = [
     "masked_level_verdict",
     "masked_eyes_verdict",
     "masked_paper_gain",
+    "masked_claims",
+    "msanet_claims",
+    "MSANET_CLAIMS",
+    "MASKED_CLAIMS",
     "LEVEL_TOLERANCE",
     "SHARE_TOLERANCE",
     "binomial_se",
@@ -419,6 +423,28 @@ def masked_paper_gain(better: str = "fecn", worse: str = "vgg11") -> float:
     return masked.TABLE3[better]["total"] - masked.TABLE3[worse]["total"]
 
 
+#: The masked-FER paper's central claims from Table 3: (better, worse) networks.
+MASKED_CLAIMS: tuple[tuple[str, str], ...] = (("fecn", "vgg11"), ("fecn", "abn"))
+_MASKED_NAMES = {"fecn": "FECN", "vgg11": "VGG11", "abn": "ABN"}
+
+
+def masked_claims(acc: Mapping[str, Mapping[int, float]]) -> list[dict[str, Any]]:
+    """FECN against VGG11 and against the ABN on masked faces (:data:`MASKED_CLAIMS`), each
+    judged by :func:`claim_verdict` on the seeds both ran (paired: same seed, same data).
+    ``acc``: network key (``"vgg11"``, ``"abn"``, ``"fecn"``) -> seed -> test accuracy in %.
+    Rows for :func:`claims_table`.
+    """
+    out = []
+    for better, worse in MASKED_CLAIMS:
+        if better not in acc or worse not in acc:
+            continue
+        a, b = _paired(acc[better], acc[worse])
+        claim = f"{_MASKED_NAMES[better]} beats {_MASKED_NAMES[worse]} on masked faces"
+        out.append({"claim": claim, "paper": masked_paper_gain(better, worse),
+                    "verdict": claim_verdict(a, b, claim=claim)})
+    return out
+
+
 
 # =========================================================================== page-wide helpers (issue 14)
 
@@ -465,6 +491,49 @@ def msanet_paper_steps() -> dict[tuple[str, str], float | None]:
         out[("AS - MS", col)] = msanet.TABLE3["as"][col] - msanet.TABLE3["ms"][col]
         full = msanet.PROPOSED.get(col, {}).get("accuracy")
         out[("MSA-Net - AS", col)] = None if full is None else full - msanet.TABLE3["as"][col]
+    return out
+
+
+#: MSA-Net's central claims: (better row, worse row, column) of its ablation, where columns are
+#: ``raf`` and the AffectNet test faces with |yaw| >= 30 / 45 degrees (``pose30``, ``pose45``).
+#: The pose claims are Table 3's (attention against the baseline on turned faces): the paper
+#: gives the full network no pose numbers.
+MSANET_CLAIMS: tuple[tuple[str, str, str], ...] = (
+    ("ms", "baseline", "raf"), ("as", "ms", "raf"), ("full", "as", "raf"),
+    ("as", "baseline", "pose30"), ("as", "baseline", "pose45"))
+_MSANET_NAMES = {"baseline": "the baseline", "ms": "MS", "as": "AS", "full": "MSA-Net"}
+_MSANET_WHERE = {"raf": "on RAF-DB", "affectnet": "on AffectNet", "pose30": "on faces with |yaw| >= 30 (AffectNet)",
+                 "pose45": "on faces with |yaw| >= 45 (AffectNet)"}
+
+
+def _msanet_paper_value(row: str, column: str) -> float | None:
+    from . import msanet
+
+    if row == "full":
+        return msanet.PROPOSED.get(column, {}).get("accuracy")
+    return msanet.TABLE3[row].get(column)
+
+
+def msanet_claims(frame: Any) -> list[dict[str, Any]]:
+    """MSA-Net's ablation and pose claims (:data:`MSANET_CLAIMS`), each judged by
+    :func:`claim_verdict` on the seeds both rows ran (paired).
+
+    ``frame``: :func:`fer.experiments.msanet.ablation_frame` (columns ``row``, ``column``,
+    ``seed``, ``accuracy`` in %). The paper's number is its Table 3 step (Tables 1 and 2 for
+    the full network). Rows for :func:`claims_table`.
+    """
+    acc: dict[tuple[str, str], dict[int, float]] = {}
+    for rec in frame[["row", "column", "seed", "accuracy"]].itertuples(index=False):
+        acc.setdefault((rec.row, rec.column), {})[int(rec.seed)] = float(rec.accuracy)
+    out = []
+    for better, worse, column in MSANET_CLAIMS:
+        if (better, column) not in acc or (worse, column) not in acc:
+            continue
+        a, b = _paired(acc[(better, column)], acc[(worse, column)])
+        hi, lo = _msanet_paper_value(better, column), _msanet_paper_value(worse, column)
+        claim = f"{_MSANET_NAMES[better]} beats {_MSANET_NAMES[worse]} {_MSANET_WHERE[column]}"
+        out.append({"claim": claim, "paper": None if hi is None or lo is None else hi - lo,
+                    "verdict": claim_verdict(a, b, claim=claim)})
     return out
 
 
