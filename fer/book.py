@@ -1164,14 +1164,18 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def verdicts_markdown(results: Sequence[NotebookResult], profile: str) -> str:
-    """The verdicts table (MyST Markdown) of every claim in ``results``' pages, in book order."""
+def verdicts_markdown(results: Sequence[NotebookResult], profile: str, *, dry_run: bool = False) -> str:
+    """The verdicts table (MyST Markdown) of every claim in ``results``' pages, in book order.
+
+    A dry run's table opens with a warning: its numbers mean nothing.
+    """
     rows = [(r.notebook, c) for r in results for c in r.claims]
     if not rows:
-        return (f"*No page of this build (`{profile}` profile) tested a claim: the pages that test one were "
-                f"not executed, or ran as a dry run.*")
+        return f"*No page of this build (`{profile}` profile) tested a claim: none of the pages that test one ran.*"
     counts = {v: sum(c["verdict"] == v for _, c in rows) for v in ("holds", "does not hold", "inconclusive")}
-    lines = [f"{len(rows)} claims tested with the `{profile}` profile: "
+    warning = (["```{warning}", "Dry run (`--dry-run`): every run stopped after a few steps, so these numbers and "
+                "verdicts mean nothing.", "```", ""] if dry_run else [])
+    lines = [*warning, f"{len(rows)} claims tested with the `{profile}` profile: "
              + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", "",
              "| paper | claim | the paper | ours (mean ± SE) | seeds | verdict | evidence |",
              "|---|---|---|---|---|---|---|"]
@@ -1187,7 +1191,8 @@ def verdicts_markdown(results: Sequence[NotebookResult], profile: str) -> str:
     return "\n".join(lines)
 
 
-def write_verdicts_page(paths: BookPaths, results: Sequence[NotebookResult], profile: str) -> Path | None:
+def write_verdicts_page(paths: BookPaths, results: Sequence[NotebookResult], profile: str, *,
+                        dry_run: bool = False) -> Path | None:
     """Fill the staged :data:`VERDICTS_PAGE` with :func:`verdicts_markdown` at its marker.
 
     A book without that page gets none (``None``); a page without the marker is an error.
@@ -1199,7 +1204,7 @@ def write_verdicts_page(paths: BookPaths, results: Sequence[NotebookResult], pro
     if VERDICTS_MARKER not in text:
         raise BookError(f"{paths.root / VERDICTS_PAGE} lacks the line {VERDICTS_MARKER!r} where the verdicts "
                         f"table goes; put it back")
-    _atomic_write_text(page, text.replace(VERDICTS_MARKER, verdicts_markdown(results, profile)))
+    _atomic_write_text(page, text.replace(VERDICTS_MARKER, verdicts_markdown(results, profile, dry_run=dry_run)))
     return page
 
 
@@ -1422,7 +1427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force, jobs=args.jobs, package_dir=args.package_dir, device=args.device,
             dry_run=args.dry_run,
         )
-        write_verdicts_page(paths, results, args.profile)
+        write_verdicts_page(paths, results, args.profile, dry_run=args.dry_run)
         report = write_report(paths, args.profile, data_root, results, time.perf_counter() - start,
                               dry_run=args.dry_run)
         print(f"notebooks staged in {paths.src} ({time.perf_counter() - start:.1f} s)")

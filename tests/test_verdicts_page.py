@@ -65,6 +65,10 @@ def test_the_book_gathers_claims_into_the_report_and_the_verdicts_page(tmp_path)
             "| [mapnet/ablation](../mapnet/ablation.ipynb) |") in text
     assert "| Masked FER | FECN beats ABN | — |" in text and "**The rule.** A claimed gain" in text
 
+    shutil.copy(REPO_ROOT / book.VERDICTS_PAGE, staged)  # staging copies the page afresh on every run
+    book.write_verdicts_page(paths, results, "paper", dry_run=True)
+    assert "Dry run (`--dry-run`)" not in text and "Dry run (`--dry-run`)" in staged.read_text()
+
     staged.write_text("# no marker\n")
     with pytest.raises(book.BookError, match="lacks the line"):
         book.write_verdicts_page(paths, results, "demo")
