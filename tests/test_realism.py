@@ -12,9 +12,13 @@ from fer.data.synfer import SynFER
 from fer.experiments.realism import (
     PROB_COLUMNS,
     balanced_indices,
+    judge_confusion,
     judge_synfer,
+    judged_faces,
     mean_recall,
     realism_table,
+    recall_by_intensity,
+    top_k,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -108,3 +112,25 @@ def test_judge_synfer_end_to_end():
     assert df.attrs["variant"] == "clean" and df.attrs["n_per_class"] == 2
     t = realism_table(df)
     assert list(t.index) == [*CLASSES_7, "mean"] and t["n"].tolist()[:7] == [2] * 7
+
+
+def test_confusion_and_recall_by_intensity(hand_made):
+    cm, names = judge_confusion(hand_made)
+    assert cm.sum() == len(hand_made) and names[:3] == ["neutral", "happy", "sad"]  # canonical order
+    assert cm[names.index("sad"), names.index("neutral")] == 2 and cm[names.index("happy"), names.index("happy")] == 3
+    curve = recall_by_intensity(hand_made)
+    happy = curve[curve["class"] == "happy"].set_index("bin")
+    assert happy.loc["0.7–1.0", "n"] == 3 and happy.loc["0.7–1.0", "recall"] == pytest.approx(2 / 3)
+    assert happy.loc["0.0–0.3", "recall"] == 1.0 and "0.3–0.5" not in happy.index  # no face there: no point
+    assert list(dict.fromkeys(curve["class"])) == ["happy", "sad", "fear", "anger"]  # canonical order
+    row = pd.Series({c: 0.0 for c in PROB_COLUMNS} | {"p_anger": 0.6, "p_neutral": 0.3, "p_sad": 0.1})
+    assert top_k(row) == "anger 0.60, neutral 0.30"
+
+
+def test_judged_faces_are_the_judged_ones():
+    df = judge_synfer("clean", n_per_class=1, seed=3, size=64, progress=False)
+    faces = judged_faces(df, [0, 6])
+    ds = SynFER("clean", split="test", n=10_000, seed=3, image_size=64, classes=CLASSES_7,
+                class_balance="uniform", with_relevance=False)
+    assert len(faces) == 2 and faces[0].shape == (3, 64, 64)
+    assert (faces[1] == ds[int(df["index"].iloc[6])]["image"]).all()

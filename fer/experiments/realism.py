@@ -44,12 +44,18 @@ from ..data.labels import CLASSES_7
 from ..data.synfer import GENERATOR_VERSION, SynFER
 from ..models.fer_judge import FER_JUDGE_CLASSES, WEIGHTS_SHA256, judge_faces, load_fer_judge
 
-__all__ = ["APEX", "PROB_COLUMNS", "balanced_indices", "judge_synfer", "realism_table", "mean_recall"]
+__all__ = ["APEX", "PROB_COLUMNS", "INTENSITY_BINS", "PUBLISHED_ACCURACY", "balanced_indices", "judge_synfer", "realism_table",
+           "mean_recall", "judge_confusion", "recall_by_intensity", "top_k", "judged_faces"]
 
 #: Intensity from which a face counts as an apex (fully developed) expression.
 APEX = 0.7
 #: Probability columns of :func:`judge_synfer`'s frame, in canonical order.
 PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{c}" for c in FER_JUDGE_CLASSES)
+#: The judge's FER2013 test accuracy as its architecture's authors publish it (Arriaga et al.,
+#: 2017, arXiv:1710.07557, abstract: "66% in the FER-2013 emotion dataset").
+PUBLISHED_ACCURACY = 0.66
+#: Intensity bins of :func:`recall_by_intensity` (left-closed; the last one holds the apex faces).
+INTENSITY_BINS: tuple[float, ...] = (0.0, 0.3, 0.5, APEX, 1.0001)
 
 
 def balanced_indices(ds: SynFER, n_per_class: int, classes: Sequence[str] = CLASSES_7) -> np.ndarray:
@@ -218,6 +224,49 @@ def mean_recall(df: pd.DataFrame, apex: Optional[float] = None) -> float:
     intensity >= ``apex`` when it is given."""
     table = realism_table(df, apex=APEX if apex is None else apex)
     return float(table.loc["mean", "recall" if apex is None else "recall_apex"])
+
+
+def judge_confusion(df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """Counts of (intended, judged) class over :func:`judge_synfer`'s faces: ``C x C`` (rows
+    the intended class, columns the judge's) over the judge's 7 classes, and their names."""
+    _check_columns(df)
+    _classes_of(df)
+    names = list(FER_JUDGE_CLASSES)
+    cm = np.zeros((len(names), len(names)), dtype=np.int64)
+    for t, q in zip(df["true"], df["pred"]):
+        cm[names.index(t), names.index(q)] += 1
+    return cm, names
+
+
+def recall_by_intensity(df: pd.DataFrame, bins: Sequence[float] = INTENSITY_BINS) -> pd.DataFrame:
+    """The judge's recall per intended class and intensity bin: one row per (class, bin) with
+    faces, columns ``class``, ``intensity`` (the bin's middle), ``bin`` (its label), ``n``
+    and ``recall``; classes in canonical order."""
+    _check_columns(df)
+    cut = pd.cut(df["intensity"], bins=list(bins), right=False)
+    rows = []
+    for c in _classes_of(df):
+        for interval, g in df[df["true"] == c].groupby(cut[df["true"] == c], observed=True):
+            rows.append({"class": c, "intensity": float(interval.mid), "bin": f"{interval.left:.1f}–"
+                         f"{min(interval.right, 1.0):.1f}", "n": len(g), "recall": float((g["pred"] == c).mean())})
+    return pd.DataFrame(rows, columns=["class", "intensity", "bin", "n", "recall"])
+
+
+def top_k(row: Any, k: int = 2) -> str:
+    """The judge's ``k`` most probable classes of one face (a row of :func:`judge_synfer`'s
+    frame), e.g. ``"anger 0.61, neutral 0.22"``."""
+    probs = np.array([float(row[c]) for c in PROB_COLUMNS])
+    return ", ".join(f"{FER_JUDGE_CLASSES[j]} {probs[j]:.2f}" for j in np.argsort(-probs, kind="stable")[:k])
+
+
+def judged_faces(df: pd.DataFrame, rows: Sequence[int]) -> list[torch.Tensor]:
+    """The uint8 images of the faces at positions ``rows`` of :func:`judge_synfer`'s frame,
+    drawn again from the SynFER set its ``attrs`` describe (same seed, size and overrides)."""
+    a = df.attrs
+    ds = _synfer_pool(a["variant"], a["n_per_class"], a["seed"], a["size"], a["split"], **a.get("overrides", {}))
+    if ds.fingerprint() != a["synfer_fingerprint"]:  # pragma: no cover - the pool is a pure function of attrs
+        raise RuntimeError("the SynFER set drawn again differs from the judged one")
+    return [ds[int(df["index"].iloc[r])]["image"] for r in rows]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
