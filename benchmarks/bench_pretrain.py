@@ -61,8 +61,8 @@ def measure(profile: str, seeds: list[int], tasks: list[str], row: str, progress
         for task in tasks:
             rec: dict[str, Any] = {"start": task, "seed": seed, "row": row}
             if task == "scratch":
-                build = partial(cbam_vgg.build_model, cbam_vgg._ROWS[row].model, input_size=setup.input_size,
-                                width=setup.width)
+                model_name = next(r.model for r in cbam_vgg.FIGURE7 if r.key == row)
+                build = partial(cbam_vgg.build_model, model_name, input_size=setup.input_size, width=setup.width)
                 config = cbam_vgg.train_config(setup, build(load=False), pretrained=False)
                 res = run(f"bench-{profile}-scratch-{row}-s{seed}", config, build, data.train, data.val,
                           eval_sets=data.eval_sets(), spec={"row": row, "start": "scratch"}, progress=progress)
