@@ -109,7 +109,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ._dry_run import cap_page_parameters
 from ._hashing import files_fingerprint, import_closure, imported_modules, package_fingerprint
@@ -688,9 +688,11 @@ def _run_one(paths: BookPaths, job: _Job, profile: str, force: bool, progress: b
 
 
 def _read_page_outputs(result: NotebookResult, executed: Path) -> None:
-    """What the report and the verdicts page take from an executed page: its runs and claims."""
-    result.runs, result.not_learned = page_runs(executed)
-    result.claims = page_claims(executed)
+    """What the report and the verdicts page take from an executed page: its runs and claims
+    (the notebook is parsed once for both)."""
+    html = list(_html_outputs(executed))
+    result.runs, result.not_learned = _runs_in(html)
+    result.claims = _claims_in(html)
 
 
 def _html_outputs(nb_path: Path) -> Iterator[str]:
@@ -708,10 +710,13 @@ _CLAIMS = re.compile(r"""<table class="fer-claims" data-fer-claims='([^']*)'>"""
 def page_claims(nb_path: Path) -> list[dict[str, Any]]:
     """The claims an executed notebook tested: the records of every
     :func:`fer.experiments.claims.claims_table` among its outputs, in page order."""
+    return _claims_in(_html_outputs(nb_path))
+
+
+def _claims_in(outputs: Iterable[str]) -> list[dict[str, Any]]:
     from html import unescape
 
-    return [rec for html in _html_outputs(nb_path) for found in _CLAIMS.findall(html)
-            for rec in json.loads(unescape(found))]
+    return [rec for html in outputs for found in _CLAIMS.findall(html) for rec in json.loads(unescape(found))]
 
 
 _BANNER_RUNS = re.compile(r"""<div class="[^"]*\bfer-banner\b[^"]*" data-fer-runs='([^']*)' """
@@ -726,11 +731,15 @@ def page_runs(nb_path: Path) -> tuple[list[str], list[str]]:
     :func:`fer.pages.learned`); ids in first-seen order, each once. A page without a
     banner names none.
     """
+    return _runs_in(_html_outputs(nb_path))
+
+
+def _runs_in(outputs: Iterable[str]) -> tuple[list[str], list[str]]:
     from html import unescape
 
     runs: dict[str, None] = {}
     failing: dict[str, None] = {}
-    for html in _html_outputs(nb_path):
+    for html in outputs:
         for named, missed in _BANNER_RUNS.findall(html):
             runs.update(dict.fromkeys(json.loads(unescape(named))))
             failing.update(dict.fromkeys(json.loads(unescape(missed))))
