@@ -273,3 +273,10 @@ def test_msanet_claims_from_the_ablation_frame():
     assert pose["verdict"].verdict == "inconclusive" and pose["verdict"].seeds == 1  # one AffectNet seed
     assert pose["paper"] == pytest.approx(54.81 - 52.39)
     assert len(rows) == 4  # no pose30 runs: that claim is left out
+
+
+def test_claim_verdict_names_a_non_finite_seed_given_as_an_array():
+    import numpy as np
+
+    with pytest.raises(ValueError, match="every seed needs a finite number"):
+        C.claim_verdict([1.0, 2.0, 3.0], np.array([1.0, np.nan, 2.0]), paired=False)

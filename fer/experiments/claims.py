@@ -178,7 +178,8 @@ def claim_verdict(a: Sequence[float], b: Sequence[float] | None = None, *, claim
         gain = float(a_.mean() - b_.mean()) if n else float("nan")
         se = (float(math.sqrt(a_.var(ddof=1) / a_.size + b_.var(ddof=1) / b_.size)) if n > 1 else float("nan"))
     if not np.all(np.isfinite(a_)) or (b is not None and not np.all(np.isfinite(np.asarray(b, dtype=float)))):
-        raise ValueError(f"claim {claim!r}: every seed needs a finite number, got a={list(a)}, b={list(b or [])}")
+        raise ValueError(f"claim {claim!r}: every seed needs a finite number, got a={list(a)}, "
+                         f"b={[] if b is None else list(b)}")
     if n < MIN_SEEDS:
         outcome: Outcome = "inconclusive"
     elif gain - VERDICT_Z * se > 0:
