@@ -31,7 +31,9 @@ What happens, in order:
 4. Each notebook runs with papermill into ``_build/src/<same path>``. The kernel's
    working directory is the *staged* notebook's folder; notebooks find the repository
    through ``fer.REPO_ROOT``, never through relative paths. The kernel sees
-   ``FER_PROFILE=<profile>``, ``FER_DEVICE=<--device>``, ``FER_BOOK_ROOT=<root>``, ``PYTHONHASHSEED=0``,
+   ``FER_PROFILE=<profile>``, ``FER_DEVICE=<--device>``, ``FER_BOOK_ROOT=<root>``,
+   ``FER_CACHE=_build/datasets/<code hash>`` (unless set: the datasets the pages render,
+   kept on disk so the next page reads them; :func:`dataset_store`), ``PYTHONHASHSEED=0``,
    ``TQDM_DISABLE=1`` (progress bars would end up in the pages), ``FER_RUNS_QUIET=1``
    (run logs stay out of the pages: :func:`fer.runs.run` logs them) and the headless
    matplotlib inline backend (``MPLBACKEND=module://matplotlib_inline.backend_inline``;
@@ -150,6 +152,8 @@ __all__ = [
     "not_run_pages",
     "stale_pages",
     "prune_stale_html",
+    "dataset_store",
+    "source_hash_of",
     "NOT_RUN_TAG",
     "resolve_device",
     "main",
@@ -236,6 +240,11 @@ class BookPaths:
     def report(self) -> Path:
         """The JSON run report."""
         return self.build / "book-report.json"
+
+    @property
+    def datasets(self) -> Path:
+        """Rendered datasets the kernels share (``FER_CACHE``), one folder per training-code hash."""
+        return self.build / "datasets"
 
     @property
     def dry_runs(self) -> Path:
@@ -535,14 +544,18 @@ def stage_sources(paths: BookPaths, pages: Sequence[Path]) -> None:
 
 @contextlib.contextmanager
 def _kernel_environment(profile: str, device: str = "auto", root: Path | None = None,
-                        dry_runs: Path | None = None) -> Iterator[None]:
+                        dry_runs: Path | None = None, datasets: Path | None = None) -> Iterator[None]:
     """Set the environment the kernels inherit; restore it afterwards.
 
     ``dry_runs``: a dry run, whose training runs go to that folder (``FER_RUNS``).
+    ``datasets``: where the kernels keep the datasets they render (``FER_CACHE``), unless
+    the user's environment names a folder already.
     """
     updates = dict(_KERNEL_ENV, FER_PROFILE=profile, FER_DEVICE=device)
     if dry_runs is not None:
         updates.update(FER_DRY_RUN="1", FER_RUNS=str(dry_runs))
+    if datasets is not None and not os.environ.get("FER_CACHE"):
+        updates["FER_CACHE"] = str(datasets)
     if root is not None:
         updates[ROOT_ENV] = str(root)  # where ``Setup.for_profile`` reads book/profiles.yml
     saved = {name: os.environ.get(name) for name in updates}
@@ -964,6 +977,33 @@ def prune_stale_html(paths: BookPaths, profile: str) -> list[str]:
     return withdrawn
 
 
+def source_hash_of(package_dir: Path) -> str:
+    """16 hex digits of :func:`fer.runs.source_hash`: the code that training runs."""
+    from .runs import source_hash
+
+    return source_hash(package_dir)[:16]
+
+
+def dataset_store(paths: BookPaths, package_dir: Path) -> Path:
+    """The folder the kernels render datasets into (``FER_CACHE``): ``_build/datasets/<hash>``.
+
+    Every page of a chapter renders the same SynFER sets; with ``FER_CACHE`` set,
+    :func:`fer.data.cached.cache_dataset` keeps each one on disk, keyed by its fingerprint,
+    and the next page (or build) reads the files instead of rendering again. ``<hash>``
+    is the hash of the code training runs (:func:`fer.runs.source_hash`: data, models,
+    protocols; not the presentation modules), so an edit to a renderer, a mask or a
+    protocol starts an empty store (its runs retrain anyway), while an edit to a figure
+    reuses it. Folders of other hashes are removed.
+    """
+    folder = paths.datasets / source_hash_of(package_dir)
+    if paths.datasets.is_dir():
+        for old in paths.datasets.iterdir():
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def page_code_fingerprint(nb_path: Path, package_dir: Path) -> str:
     """The fingerprint of the package code a page executes: the modules its code cells import
     and, transitively, every ``fer`` module those import (:func:`fer._hashing.import_closure`,
@@ -1132,7 +1172,8 @@ def run_notebooks(
     by_rel = {job.rel: job for job in plan}
     bar = tqdm(total=len(plan), desc=f"notebooks ({profile})", unit="nb")
     env = _kernel_environment(profile, device or "auto", paths.root,
-                              dry_runs=paths.dry_runs if dry_run else None)
+                              dry_runs=paths.dry_runs if dry_run else None,
+                              datasets=None if dry_run else dataset_store(paths, package_dir))
     with env, concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = [pool.submit(work, [by_rel[rel] for rel in group]) for group in groups]
         running = len(futures)

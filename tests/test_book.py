@@ -170,6 +170,33 @@ def test_second_run_is_cached_and_edits_invalidate_only_their_notebook(
     assert {v["status"] for v in _report(tiny_book)["notebooks"].values()} == {"executed"}
 
 
+def test_kernels_share_a_dataset_store_keyed_by_the_training_code(
+    tiny_book: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FER_CACHE", raising=False)
+    show = "import os\nprint('store', os.environ.get('FER_CACHE'))\n"
+    _notebook(tiny_book / "book/part/a.ipynb", show, parameters=PARAMS, title="A")
+    pkg = tiny_book.parent / "pkg"
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "book/part/a*") == 0
+    first = tiny_book / "_build/datasets" / book.source_hash_of(pkg)
+    assert f"store {first}" in _stdout_of(tiny_book, "book/part/a.ipynb")
+    assert first.is_dir()
+    (first / "a-store").mkdir()  # what a page rendered
+    # a presentation module (a figure) keeps the store; the training code starts a new one
+    (pkg / "plots.py").write_text("# figures\n")
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "book/part/a*", "--force") == 0
+    assert (first / "a-store").is_dir()
+    (pkg / "helper.py").write_text("Y = 2\n")
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "book/part/a*", "--force") == 0
+    second = tiny_book / "_build/datasets" / book.source_hash_of(pkg)
+    assert second != first and f"store {second}" in _stdout_of(tiny_book, "book/part/a.ipynb")
+    assert not first.exists()  # the old hash's renders are gone
+    # the user's own FER_CACHE wins
+    monkeypatch.setenv("FER_CACHE", str(tiny_book.parent / "mine"))
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "book/part/a*", "--force") == 0
+    assert f"store {tiny_book.parent / 'mine'}" in _stdout_of(tiny_book, "book/part/a.ipynb")
+
+
 def test_only_runs_matching_notebooks(tiny_book: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(tiny_book, "--profile", "demo", "--no-build", "--only", "book/part/b*") == 0
     status = {k: v["status"] for k, v in _report(tiny_book)["notebooks"].items()}
