@@ -59,3 +59,24 @@ def test_each_start_trains_and_loads_into_the_chapter_model(task, tmp_path, monk
     model = cbam_vgg.build_model("vgg16_gap", input_size=setup.input_size, width=setup.width)
     load_conv_base(model, result.path)
     assert torch.equal(model.features[0].weight, result.model.features[0].weight)
+
+
+def test_a_batch_norm_pretraining_loads_folded_into_the_plain_vgg16(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_RUNS", str(tmp_path))
+    setup = dataclasses.replace(cbam_vgg.Setup.for_profile("smoke"), pretrain_n=32, pretrain_identities=4)
+    build = partial(create_model, "vgg16_gap", img_size=setup.input_size, width=setup.width,
+                    norm_layer=torch.nn.BatchNorm2d)
+    result, _ = pretrain(setup, "pt-bn", build, task="landmarks", variant="fer2013", seed=0, lr=1e-3,
+                         progress=False)
+    teacher = result.model.eval()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.features)
+    assert float(teacher.features[1].running_var.sub(1).abs().max()) > 1e-3  # trained statistics, not the init
+    model = cbam_vgg.build_model("vgg16_gap", input_size=setup.input_size, width=setup.width).eval()
+    load_conv_base(model, result.path)
+    x = torch.randn(3, 3, setup.input_size, setup.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(model.features(x), teacher.features(x), rtol=1e-4, atol=1e-5)
+    # a conv base of another architecture is refused, naming the run
+    other = create_model("vgg16_gap", img_size=setup.input_size, width=setup.width * 2)
+    with pytest.raises(ValueError, match="pt-bn.*do not fit"):
+        load_conv_base(other, result.path)

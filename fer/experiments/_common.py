@@ -31,6 +31,7 @@ from ..data.synfer import SynFER
 from ..data.transforms import model_input  # the one uint8 -> model input path, re-exported for the chapters
 from ..explain import cam, localisation_scores
 from ..models import load_vggface
+from ..models.cbam_vgg import fold_batchnorm
 from ..profiles import PROFILES_FILE, ProfileError, chapter_entry, find_root, read_profiles, resolve_device
 from ..runs import Run, RunResult, run
 from ..train import TrainConfig
@@ -225,11 +226,34 @@ def load_conv_base(model: nn.Module, run_dir: str | Path, *, module: str = "feat
     """Load the ``module`` weights (the conv base) of the run ``run_dir``'s checkpoint into ``model``.
 
     ``run_dir``: a run folder, or its name under the runs root (:meth:`fer.runs.Run.load`).
+    A conv base trained with a batch norm after each conv (a SynFER pretraining) loads
+    into the same convs without them, each norm folded into its conv
+    (:func:`fer.models.cbam_vgg.fold_batchnorm`): the paper's VGG16 then starts from
+    what the pretrained network computed.
     """
     state = Run.load(run_dir).checkpoint()["model"]
     prefix = f"{module}."
-    model.get_submodule(module).load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                                 if k.startswith(prefix)})
+    base = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    target = model.get_submodule(module)
+    if set(base) == set(target.state_dict()):
+        target.load_state_dict(base)
+        return model
+    # A conv base pretrained with batch norm, loaded into the same convs without it:
+    # each norm folded into its conv (what the pair computed in eval mode).
+    convs = [m for m in target.modules() if isinstance(m, nn.Conv2d)]
+    folded = fold_batchnorm(base)
+    has_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in target.modules())
+    if has_norm or len(folded) != len(convs) or any(
+            w.shape != c.weight.shape for (w, _), c in zip(folded, convs)):
+        raise ValueError(f"the {module!r} weights of run {run_dir} do not fit {type(model).__name__}'s {module!r}: "
+                         f"{len(folded)} convs (batch norm: {any(k.endswith('running_mean') for k in base)}) "
+                         f"against {len(convs)} (batch norm: {has_norm}); pretrain the same architecture")
+    with torch.no_grad():
+        for (w, b), conv in zip(folded, convs):
+            conv.weight.copy_(w)
+            if conv.bias is None:
+                raise ValueError(f"{type(model).__name__}'s convs have no bias to take a folded batch norm")
+            conv.bias.copy_(b)
     return model
 
 

@@ -125,6 +125,7 @@ __all__ = [
     "SmallCnn",
     "BackboneFer",
     "make_vgg16_features",
+    "fold_batchnorm",
     "vgg16_widths",
     "vggface_path",
     "load_vggface",
@@ -263,6 +264,36 @@ def make_vgg16_features(
     return features
 
 
+def fold_batchnorm(state: Dict[str, torch.Tensor], *, eps: float = 1e-5) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The ``(weight, bias)`` of each conv of a conv base's ``state`` dict, batch norm folded in.
+
+    ``state`` is an ``nn.Sequential`` conv base's ``state_dict()`` (keys ``"<index>.weight"``
+    ...), with or without a ``BatchNorm2d`` right after each conv (as
+    :func:`make_vgg16_features` builds them with ``norm_layer``). A conv followed by a
+    batch norm becomes the one conv that computes, in eval mode, what the pair computes
+    (:func:`torch.nn.utils.fusion.fuse_conv_bn_weights`, with the norm's running
+    statistics); a conv without one is returned as it is. In conv order, first first.
+
+    ``eps``: the norms' epsilon (not in a state dict; ``BatchNorm2d``'s default).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    def index(key: str) -> int:
+        return int(key.split(".", 1)[0])
+
+    convs = sorted({index(k) for k, v in state.items() if k.endswith(".weight") and v.ndim == 4})
+    out = []
+    for i in convs:
+        w, b = state[f"{i}.weight"], state.get(f"{i}.bias")
+        if f"{i + 1}.running_mean" in state:
+            bn = {name: state[f"{i + 1}.{name}"] for name in ("running_mean", "running_var", "weight", "bias")}
+            w, b = fuse_conv_bn_weights(w, b, bn["running_mean"], bn["running_var"], eps, bn["weight"], bn["bias"])
+        elif b is None:
+            b = torch.zeros(w.shape[0], dtype=w.dtype)
+        out.append((w.detach().clone(), b.detach().clone()))
+    return out
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -363,6 +394,10 @@ class VggFer(_FerCnn):
         act_layer: activation of conv base and classifier.
         width: multiplies every conv layer's channels (``1.0``: VGG16; see the
             module note); the attention then sees ``round(512 * width)`` channels.
+        norm_layer: normalisation after each conv (``nn.BatchNorm2d``: torchvision's
+            ``vgg16_bn`` layout); ``None`` (the paper's VGG16) for none. The SynFER
+            pretrainings train with it and hand a plain VGG16 their weights folded
+            (:func:`fold_batchnorm`).
     """
 
     def __init__(
@@ -376,6 +411,7 @@ class VggFer(_FerCnn):
         drop_rate: float = 0.5,
         act_layer: Type[nn.Module] = nn.ReLU,
         width: float = 1.0,
+        norm_layer: Optional[Type[nn.Module]] = None,
     ) -> None:
         super().__init__()
         if img_size < 32:
@@ -385,7 +421,7 @@ class VggFer(_FerCnn):
         self.img_size = img_size
         self.width = float(width)
         self.num_features = vgg16_widths(width)[-1]
-        self.features = make_vgg16_features(in_chans, act_layer, width)
+        self.features = make_vgg16_features(in_chans, act_layer, width, norm_layer=norm_layer)
         self.attn = attn_layer(self.num_features) if attn_layer is not None else nn.Identity()
         side = img_size // 32
         in_features = self.num_features * (side * side if global_pool == "flatten" else 1)
