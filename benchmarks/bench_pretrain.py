@@ -78,7 +78,7 @@ def _finetune(setup: Any, data: Any, row: str, face: Any, finetune: str, progres
 
 
 def measure(profile: str, seeds: list[int], tasks: list[str], row: str, progress: bool, *, norm: str = "none",
-            finetune: str = "chapter") -> list[dict[str, Any]]:
+            finetune: str = "chapter", pretrain_epochs: int | None = None) -> list[dict[str, Any]]:
     from torch import nn
 
     from fer.experiments import cbam_vgg, pretraining
@@ -87,9 +87,12 @@ def measure(profile: str, seeds: list[int], tasks: list[str], row: str, progress
     rows = []
     for seed in seeds:
         setup = dataclasses.replace(cbam_vgg.Setup.for_profile(profile), seed=seed)
+        if pretrain_epochs is not None:
+            setup = dataclasses.replace(setup, pretrain_epochs=pretrain_epochs)
         data = cbam_vgg.load_data(setup, progress=progress)
         for task in tasks:
-            rec: dict[str, Any] = {"start": task, "seed": seed, "row": row, "norm": norm, "finetune": finetune}
+            rec: dict[str, Any] = {"start": task, "seed": seed, "row": row, "norm": norm, "finetune": finetune,
+                                   "pretrain_epochs": setup.pretrain_epochs}
             if task == "scratch":
                 res = _finetune(setup, data, row, None, finetune, progress)
                 rec.update(teacher_seconds=0.0, pretrain_seconds=0.0, pretrain_val=None)
@@ -140,16 +143,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="pretrain VGG16 plain, or with batch norm folded into the convs afterwards (bn)")
     ap.add_argument("--finetune", default="chapter", choices=("chapter", "all"),
                     help="the chapter's staged protocol, or every layer at a tenth of its learning rate (all)")
+    ap.add_argument("--pretrain-epochs", type=int, default=None, help="default: the profile's pretrain_epochs")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     os.environ["FER_RUNS"] = str((args.runs or args.out / "pretrain-runs").resolve())
     rows = measure(args.profile, args.seeds, args.starts, args.row, args.progress, norm=args.norm,
-                   finetune=args.finetune)
+                   finetune=args.finetune, pretrain_epochs=args.pretrain_epochs)
     print(_table(rows))
     args.out.mkdir(parents=True, exist_ok=True)
     name = "pretrain.json" if (args.norm, args.finetune) == ("none", "chapter") else \
         f"pretrain-{args.norm}-{args.finetune}.json"
     record = {"profile": args.profile, "row": args.row, "norm": args.norm, "finetune": args.finetune,
+              "pretrain_epochs": args.pretrain_epochs,
               "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "rows": rows}
     path = args.out / name
