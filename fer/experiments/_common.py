@@ -248,11 +248,11 @@ def load_conv_base(model: nn.Module, run_dir: str | Path, *, module: str = "feat
         raise ValueError(f"the {module!r} weights of run {run_dir} do not fit {type(model).__name__}'s {module!r}: "
                          f"{len(folded)} convs (batch norm: {any(k.endswith('running_mean') for k in base)}) "
                          f"against {len(convs)} (batch norm: {has_norm}); pretrain the same architecture")
+    if any(c.bias is None for c in convs):  # checked before any weight is copied: no half-loaded model
+        raise ValueError(f"{type(model).__name__}'s convs have no bias to take a folded batch norm")
     with torch.no_grad():
         for (w, b), conv in zip(folded, convs):
             conv.weight.copy_(w)
-            if conv.bias is None:
-                raise ValueError(f"{type(model).__name__}'s convs have no bias to take a folded batch norm")
             conv.bias.copy_(b)
     return model
 

@@ -395,9 +395,9 @@ class VggFer(_FerCnn):
         width: multiplies every conv layer's channels (``1.0``: VGG16; see the
             module note); the attention then sees ``round(512 * width)`` channels.
         norm_layer: normalisation after each conv (``nn.BatchNorm2d``: torchvision's
-            ``vgg16_bn`` layout); ``None`` (the paper's VGG16) for none. The SynFER
-            pretrainings train with it and hand a plain VGG16 their weights folded
-            (:func:`fold_batchnorm`).
+            ``vgg16_bn`` layout); ``None`` (the paper's VGG16) for none. A SynFER
+            pretraining may train with it (``benchmarks/bench_pretrain.py --norm bn``)
+            and hand a plain VGG16 its weights folded (:func:`fold_batchnorm`).
     """
 
     def __init__(
