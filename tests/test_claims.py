@@ -246,6 +246,22 @@ def test_mapnet_claims_pair_seeds_and_quote_table2():
     assert len(C.mapnet_claims({"baseline": acc["baseline"]}, {})) == 0  # rows not run: no claim
 
 
+def test_cbam_claims_pair_seeds_and_quote_figure7():
+    acc = {("test", "accuracy"): {"g": {0: 50.0, 1: 52.0, 2: 51.0}, "cbam": {0: 53.0, 1: 55.0, 2: 54.5, 7: 99.0}},
+           ("val", "accuracy"): {"g": {0: 50.0, 1: 52.0, 2: 51.0}, "cbam": {0: 50.1, 1: 51.8, 2: 51.0}},
+           ("test", "mean_class_accuracy"): {"g": {0: 40.0, 1: 30.0, 2: 45.0}, "cbam": {0: 44.0, 1: 29.0, 2: 50.0}}}
+    rows = C.cbam_claims(acc)
+    assert len(rows) == len(C.CBAM_CLAIMS) == 3
+    test, val, mca = rows
+    assert test["verdict"].verdict == "holds" and test["verdict"].seeds == 3  # seed 7 has no row (g): left out
+    assert test["verdict"].gain == pytest.approx(3.1666667)
+    assert test["paper"] == pytest.approx(C.cbam_paper_gap("cbam", "g", "test")) == pytest.approx(1.76)
+    assert val["verdict"].verdict == "does not hold" and val["paper"] == pytest.approx(2.0)
+    assert mca["verdict"].verdict == "inconclusive" and mca["paper"] is None
+    assert "mean per-class accuracy" in mca["claim"] and "PrivateTest" in test["claim"]
+    assert C.cbam_claims({("test", "accuracy"): {"g": {0: 1.0}}}) == []  # CBAM not run: no claim
+
+
 def test_masked_claims():
     acc = {"vgg11": {0: 60.0, 1: 62.0, 2: 61.0}, "abn": {0: 58.0, 1: 57.0, 2: 59.0},
            "fecn": {0: 60.5, 1: 61.0, 2: 61.2}}

@@ -53,6 +53,15 @@ def test_setup_validation_and_profiles_yml():
     paper = setups["paper"]
     assert (paper.input_size, paper.width, paper.unfreeze, paper.lr) == (224, 1.0, 3, 1e-3)
     assert paper.n_train is None and not paper.synthetic and setups["demo"].synthetic
+    assert paper.finetune == "staged"  # the paper's protocol where the paper's weights are
+    with pytest.raises(ValueError, match="finetune.*profiles.yml"):
+        C.Setup(finetune="head")
+    with pytest.raises(ValueError, match="pretrain_task"):
+        C.Setup(pretrain_task="expressions")
+    assert C.Setup().seeds == (0,) and C.Setup(seed=3).seeds == (3,) and C.Setup(seeds=[2, 0]).seeds == (2, 0)
+    with pytest.raises(ValueError, match="seeds"):
+        C.Setup(seeds=[1, 1])
+    assert setups["demo"].seeds == setups["paper"].seeds == (0, 1, 2)  # the claim's power in both
 
 
 def test_paper_profile_without_data_names_what_is_missing():
@@ -87,6 +96,16 @@ def test_protocol_stages_unfreeze_the_last_three_conv_layers():
     table = C.schedule_table(s)
     assert table["conv layers trained"].tolist()[-1] == "conv5_3, conv5_2, conv5_1"
     assert table["trainable parameters"].tolist() == [595_033, 2_954_841, 5_314_649, 7_674_457]
+    # finetune="all": pre-trained rows train every layer from the first step at lr / 10, as
+    # many epochs; rows from scratch are unchanged; the page's schedule is still the paper's
+    every = dataclasses.replace(s, finetune="all")
+    cfg_all = C.train_config(every, model, pretrained=True)
+    assert cfg_all.stages == [] and cfg_all.epochs == 5 and cfg_all.lr == pytest.approx(1e-4)
+    assert cfg_all.class_weights == "inverse" and cfg_all.hflip
+    assert C.train_config(every, model, pretrained=False).lr == pytest.approx(1e-3)
+    assert C.schedule_table(every).equals(table)
+    assert "all layers" in every.scale() and "unfreezing" in s.scale()
+    assert C.finetune_text(s).startswith("as the paper") and "lr / 10 for 5 epochs" in C.finetune_text(every)
 
 
 def test_every_rows_normalisation_is_that_of_the_weights_it_loads(monkeypatch):
@@ -135,8 +154,16 @@ def test_build_model_scales_and_loads_the_face_stand_in(tmp_path, monkeypatch):
     s = C.Setup()
     face = C.face_pretrain(s, progress=False)
     assert face.path.name.startswith("cbam_vgg-smoke-face-pretrain-")
+    assert face.run.spec["spec"]["task"] == s.pretrain_task == "landmarks"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in face.model.features)  # folded when loaded
     m = C.build_model("vgg16_gap", input_size=64, width=s.width, weights="synfer-face", face_run=face.path.name)
-    assert torch.equal(m.features[0].weight, face.model.features[0].weight)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.features)  # the paper's VGG16
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval().features(x), face.model.eval().features(x), rtol=1e-4, atol=1e-5)
+    facts = C.face_facts(s, face)
+    assert (facts["task"], facts["faces"], facts["epochs"]) == ("landmarks", s.pretrain_n, s.pretrain_epochs)
+    assert 0 < facts["rmse_px"] and 0 < facts["mean_shape_rmse_px"] < s.input_size
     with pytest.raises(ValueError, match="face_run"):
         C.build_model("vgg16_gap", input_size=64, width=s.width, weights="synfer-face")
 
@@ -167,6 +194,26 @@ def test_a_row_trains_once_then_loads_and_explains(tmp_path, monkeypatch):
     assert loc["energy (chance)"].tolist() == pytest.approx([float(rel.mean())] * len(loc))
     assert loc["pointing (chance)"].tolist() == pytest.approx([float((rel >= 0.5).double().mean())] * len(loc))
     assert loc["faces"].tolist() == [4] * len(loc)
+
+
+def test_run_seeds_pairs_rows_per_seed_from_one_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_RUNS", str(tmp_path))
+    s = C.Setup(n_train=32, n_val=8, n_test=8, stage_epochs=(1,), pretrain_n=16, pretrain_identities=4,
+                seeds=(0, 1), finetune="all")
+    data = C.load_data(s, progress=False)
+    runs = C.run_seeds(s, data, ("g", "cbam"), progress=False)
+    assert [r.run.config.seed for r in runs["cbam"]] == [0, 1]
+    names = sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.iterdir())
+    assert names == ["cbam_vgg-smoke-cbam-vgg16_cbam", "cbam_vgg-smoke-cbam-vgg16_cbam-s1",
+                     "cbam_vgg-smoke-face-pretrain", "cbam_vgg-smoke-g-vgg16_gap", "cbam_vgg-smoke-g-vgg16_gap-s1"]
+    # one pre-trained start for every seed; the seed-0 run is the one the other pages train
+    assert {r.run.spec["spec"]["face_run"] for rs in runs.values() for r in rs} == {
+        next(p.name for p in tmp_path.iterdir() if "face-pretrain" in p.name)}
+    assert C.run_row(s, data, "g", progress=False).cached
+    assert runs["g"][0].history.to_frame()["lr"].iloc[0] == pytest.approx(s.lr / 10)  # all layers, lr / 10
+    acc = C.accuracy_by_seed(runs, "test")
+    assert set(acc) == {"g", "cbam"} and set(acc["g"]) == {0, 1}
+    assert acc["g"][1] == pytest.approx(100 * runs["g"][1].metrics["test"]["accuracy"])
 
 
 def test_localisation_table_on_maps_with_a_known_answer(monkeypatch):

@@ -80,3 +80,18 @@ def test_a_batch_norm_pretraining_loads_folded_into_the_plain_vgg16(tmp_path, mo
     other = create_model("vgg16_gap", img_size=setup.input_size, width=setup.width * 2)
     with pytest.raises(ValueError, match="pt-bn.*do not fit"):
         load_conv_base(other, result.path)
+
+
+def test_landmark_error_in_pixels_and_the_page_strings():
+    from fer.experiments.pretraining import facts_text, landmark_rmse_px
+
+    # a mean squared error of 0.01 half-image units (loss 10 x that) is 0.1 half-images: 4.8 px of 96
+    assert landmark_rmse_px(0.1, 96) == pytest.approx(4.8)
+    assert landmark_rmse_px(0.0, 96) == 0.0
+    base = {"faces": 2000, "identities": 20, "epochs": 20, "val_loss": 0.5}
+    lm = facts_text({**base, "task": "landmarks", "rmse_px": 1.234, "mean_shape_rmse_px": 5.0})
+    assert lm["task"] == "to regress the 68 landmarks SynFER drew each face from (2,000 faces, 20 epochs)"
+    assert "1.23 px" in lm["score"] and lm["baseline"].startswith("5.00 px")
+    ident = facts_text({**base, "task": "identity", "accuracy": 0.5, "chance": 0.05})
+    assert "20 SynFER people" in ident["task"] and ident["score"].startswith("50.0%") and "5.0%" in ident["baseline"]
+    assert facts_text({**base, "task": "dlib-distill"})["score"] == "validation loss 0.500"

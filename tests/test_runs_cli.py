@@ -40,7 +40,11 @@ def test_smoke_plan_lists_every_run_the_smoke_pages_train(smoke_plan):
     s = cbam_vgg.Setup.for_profile("smoke")
     rows = {r.key: r.model for r in cbam_vgg.FIGURE7}
     want = {f"cbam_vgg-smoke-{k}-{rows[k]}" for k in [*knobs["book/cbam_vgg/experiment1.ipynb"]["rows"], "g", "cbam"]}
+    want |= {f"cbam_vgg-smoke-{k}-{rows[k]}-s{seed}" for k in ("g", "cbam") for seed in s.seeds if seed != s.seed}
     assert _names(smoke_plan, "cbam_vgg") == want | {"cbam_vgg-smoke-face-pretrain"}
+    demo = plan("demo", chapters=["cbam_vgg"])  # experiment 2's claim: g and cbam once per seed
+    assert {r.seed for r in demo if r.row == "cbam"} == set(cbam_vgg.Setup.for_profile("demo").seeds) == {0, 1, 2}
+    assert "cbam_vgg-demo-g-vgg16_gap-s2" in {r.name for r in demo}
     # mapnet: the ablation rows x seeds, the K and alpha sweeps, the comparison's AffectNet run
     s = mapnet.Setup.for_profile("smoke")
     rows = knobs["book/mapnet/ablation.ipynb"]["rows"]
@@ -73,7 +77,7 @@ def test_smoke_plan_lists_every_run_the_smoke_pages_train(smoke_plan):
     assert {r.name for r in smoke_plan if r.estimate} == {r.name for r in ck}
 
 
-_TRAINS = re.compile(r"\.(run_row|run_model|run_raf_rows|run_ck_folds|run_mcn|run_all|face_pretrain)\(")
+_TRAINS = re.compile(r"\.(run_row|run_seeds|run_model|run_raf_rows|run_ck_folds|run_mcn|run_all|face_pretrain)\(")
 
 
 def test_the_plan_covers_every_page_that_trains(smoke_plan):
@@ -147,7 +151,7 @@ def test_list_json_fields(trained, capsys, monkeypatch):
     assert row["eval_set"] == "test" and 0 <= row["accuracy"] <= 1 and 0 <= row["mean_class_accuracy"] <= 1
     assert 1 / 7 <= row["majority_share"] <= 1 and row["wall_seconds"] > 0 and row["classes"] == 7
     assert row["learned"] is learned(row["accuracy"], row["mean_class_accuracy"], row["majority_share"], 7)
-    assert rows["cbam_vgg-smoke-face-pretrain"]["eval_set"] == "val"  # no test set: its held-out identities
+    assert rows["cbam_vgg-smoke-face-pretrain"]["eval_set"] == "val"  # no test set: its held-out faces
     assert main(["list", "--runs", str(trained)]) == 0
     assert "cbam_vgg-smoke-f-vgg16_flatten-" in capsys.readouterr().out
 

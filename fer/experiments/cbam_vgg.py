@@ -13,8 +13,10 @@ holds what the chapter's notebooks share:
   stand-in otherwise, cached once as uint8;
 * :func:`train_config` and :func:`run_row`: one protocol for every row of the paper's
   Figure 7 and for the proposed model, trained through :func:`fer.runs.run` (so the
-  Experiment and Results pages share one cache);
-* :func:`face_pretrain`: the stand-in for VGG-Face in the SynFER profiles;
+  Experiment and Results pages share one cache); :func:`run_seeds`: the central
+  comparison, CBAM against row (g), over ``seeds``;
+* :func:`face_pretrain` and :func:`face_facts`: the stand-in for VGG-Face in the SynFER
+  profiles, and what it learned;
 * explanation helpers for the Results page: :func:`explain_set`,
   :func:`gradcam_maps`, :func:`cbam_spatial_maps`, :func:`localisation_table`.
 
@@ -33,13 +35,30 @@ holds what the chapter's notebooks share:
 
 .. note::
    **"Pre-trained on VGG-Face" without VGG-Face.** The SynFER profiles cannot download
-   VGG-Face, and a frozen random conv base would make the staged protocol meaningless.
-   So the ``smoke`` and ``demo`` profiles stand in for it the way VGG-Face was made:
-   the same VGG16 conv base is first trained to recognise ``pretrain_identities``
-   SynFER identities (face recognition, not expressions; different faces and seeds
-   from the expression data) by :func:`face_pretrain`, and that conv base is what
-   "pre-trained on VGG-Face" loads. The ``paper`` profile loads the real VGG-Face
-   weights (:func:`fer.models.load_vggface`) and torchvision's ImageNet weights.
+   VGG-Face, and a random conv base would make "pre-trained" meaningless. So the
+   ``smoke`` and ``demo`` profiles pretrain the same VGG16 on a face task SynFER labels
+   exactly (:func:`face_pretrain`, on faces and seeds the expression data never uses),
+   and that conv base is what "pre-trained on VGG-Face" loads. The task is
+   ``pretrain_task``: ``"landmarks"`` (regress the 68 landmarks SynFER drew each face
+   from) by default, chosen by measurement over identities, identities + landmarks and
+   distillation from dlib's face network (``benchmarks/bench_pretrain.py``, issue 17):
+   an identity base learns to ignore expressions, and fine-tuned from it the demo's
+   rows stayed at the majority-class level. The pretraining VGG16 has a batch norm after
+   each conv, folded into the plain VGG16's convs when it loads
+   (:func:`fer.experiments._common.load_conv_base`): the plain VGG16 at the demo's width
+   does not train from scratch in the demo's budget, the batch-norm one does, and the
+   folded start computes exactly what it learned. The ``paper`` profile loads the real
+   VGG-Face weights (:func:`fer.models.load_vggface`) and torchvision's ImageNet weights.
+
+.. note::
+   **Fine-tuning in the demo** (``finetune="all"``, a departure from the paper's staged
+   protocol, which the ``paper`` profile keeps). Staged from the SynFER start, the head
+   stage learns next to nothing: VGG16's classifier starts at N(0, 0.01) behind two
+   dropouts, and in the demo's few head epochs its logits barely move, while every later
+   stage has a learning rate ten times smaller. So in the demo every pre-trained row
+   trains all its layers from the first step at ``lr / 10`` (the start is worth
+   keeping) for ``sum(stage_epochs)`` epochs, with the same class weights and flips;
+   rows from scratch train all layers at ``lr`` for as many epochs.
 
 .. note::
    **Rows that cannot be built.** Row (c), ResNet-50 pre-trained on VGGFace2, needs
@@ -48,6 +67,7 @@ holds what the chapter's notebooks share:
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -70,6 +90,7 @@ from ..train import TrainConfig, unfreeze_stages
 from . import _common
 from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, require_data_root
 from ._common import profile_setups as _profile_setups
+from .pretraining import PRETRAIN_TASKS, pretrain, pretrain_facts
 
 __all__ = [
     "required_weights",
@@ -80,17 +101,22 @@ __all__ = [
     "KAGGLE_TOP",
     "CBAM_PARAMS_CLAIM",
     "PAPER_PROTOCOL",
+    "FINETUNE",
     "Setup",
     "ChapterData",
     "profile_setups",
     "load_data",
     "training_counts",
     "face_pretrain",
+    "face_facts",
+    "finetune_text",
     "build_model",
     "row_weights",
     "buildable",
     "train_config",
     "run_row",
+    "run_seeds",
+    "accuracy_by_seed",
     "row_label",
     "figure7_model",
     "figure7_table",
@@ -144,6 +170,9 @@ CBAM_PARAMS_CLAIM = 66_000
 PAPER_PROTOCOL = {"optimizer": "adam", "lr": 1e-3, "lr_factor": 0.1, "unfreeze": 3, "input_size": 224,
                   "class_weights": "equation (5)"}
 
+#: How rows that start from pre-trained weights are fine-tuned (:class:`Setup`, module note).
+FINETUNE: tuple[str, ...] = ("staged", "all")
+
 #: Models that take the ``width`` multiplier as is (the small CNN scales its widths instead).
 _WIDTH_MODELS = ("vgg16_flatten", "vgg16_gap", "vgg16_cbam")
 
@@ -167,7 +196,16 @@ class Setup(ProfileSetup):
             is the epochs of models trained from scratch).
         batch_size, lr, seed: as in :class:`fer.train.TrainConfig`.
         pretrain_identities, pretrain_n, pretrain_epochs: the VGG-Face stand-in
-            (:func:`face_pretrain`, SynFER profiles only).
+            (:func:`face_pretrain`, SynFER profiles only): people, faces and epochs.
+        pretrain_task: what the stand-in learns
+            (:data:`fer.experiments.pretraining.PRETRAIN_TASKS`; default ``"landmarks"``).
+        finetune: ``"staged"`` (the paper's protocol: head first, then one conv layer at a
+            time) or ``"all"`` (every layer from the first step at ``lr / 10``; the demo's,
+            module note) for rows that start from pre-trained weights.
+        seeds: training seeds of the paper's central comparison, CBAM against row (g)
+            (:func:`run_seeds`); ``None``: ``(seed,)``. Every seed trains on the same data
+            draw (``seed``) from the same pre-trained start: what varies is the head's
+            initialisation, the batches' order, the flips and the dropout.
         device: ``auto``, ``cpu``, ``cuda``.
     """
 
@@ -187,12 +225,24 @@ class Setup(ProfileSetup):
     pretrain_identities: int = 8
     pretrain_n: int = 96
     pretrain_epochs: int = 1
+    pretrain_task: str = "landmarks"
+    finetune: str = "staged"
+    seeds: tuple[int, ...] | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.profile not in ("smoke", "demo", "paper"):
             raise ValueError(f"profile must be smoke, demo or paper, got {self.profile!r}")
+        if self.finetune not in FINETUNE:
+            raise ValueError(f"finetune must be one of {FINETUNE}, got {self.finetune!r} (book/profiles.yml, cbam_vgg)")
+        if self.pretrain_task not in PRETRAIN_TASKS:
+            raise ValueError(f"pretrain_task must be one of {PRETRAIN_TASKS}, got {self.pretrain_task!r} "
+                             "(book/profiles.yml, cbam_vgg)")
         object.__setattr__(self, "stage_epochs", tuple(int(e) for e in self.stage_epochs))
+        seeds = (self.seed,) if self.seeds is None else tuple(int(x) for x in self.seeds)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds} (book/profiles.yml, cbam_vgg)")
+        object.__setattr__(self, "seeds", seeds)
         if len(self.stage_epochs) < 1 or min(self.stage_epochs) < 1:
             raise ValueError(f"stage_epochs needs the head stage and >= 1 epoch per stage, got {self.stage_epochs}")
 
@@ -220,8 +270,9 @@ class Setup(ProfileSetup):
                  else f"n = {self.n_train}/{self.n_val}/{self.n_test}")
         width = "VGG16 full width" if self.width == 1 else f"VGG16 at width {self.width:g} (channels x {self.width:g})"
         stages = " + ".join(str(e) for e in self.stage_epochs)
-        return (f"{sizes}; 48 px faces resized to {self.input_size} px; {width}; "
-                f"epochs {stages} (head + {self.unfreeze} unfreezing stages), batch {self.batch_size}")
+        schedule = (f"epochs {stages} (head + {self.unfreeze} unfreezing stages)" if self.finetune == "staged"
+                    else f"{self.epochs} epochs, all layers (pre-trained rows at lr / 10)")
+        return f"{sizes}; 48 px faces resized to {self.input_size} px; {width}; {schedule}, batch {self.batch_size}"
 
 
 def profile_setups(root: str | Path | None = None) -> dict[str, Setup]:
@@ -296,17 +347,37 @@ def _run_name(setup: Setup, what: str) -> str:
 
 
 def face_pretrain(setup: Setup, *, progress: bool = True) -> RunResult:
-    """The VGG-Face stand-in: VGG16 (at ``setup.width``) trained to tell SynFER identities apart.
+    """The VGG-Face stand-in: VGG16 (at ``setup.width``, a batch norm after each conv)
+    pretrained on ``setup.pretrain_task`` (module note).
 
     ``pretrain_n`` faces of ``pretrain_identities`` people (every expression, the
     FER2013-like rendering, a seed the expression data never uses), all layers trained
-    from scratch with Adam for ``pretrain_epochs``; a tenth as many faces of the same
-    people score it. Only its conv base is reused (:func:`build_model`).
+    from scratch with Adam for ``pretrain_epochs`` (:func:`fer.experiments.pretraining.pretrain`);
+    a tenth as many faces of the same draw score it. Only its conv base is reused, its
+    norms folded into the plain VGG16's convs (:func:`build_model`).
     """
-    build = partial(create_model, "vgg16_gap", num_classes=setup.pretrain_identities, img_size=setup.input_size,
-                    width=setup.width)
-    return _common.face_pretrain(setup, _run_name(setup, "face-pretrain"), build, variant="fer2013", seed=setup.seed,
-                                 lr=setup.lr, label="SynFER identities train", progress=progress)
+    build = partial(create_model, "vgg16_gap", img_size=setup.input_size, width=setup.width,
+                    norm_layer=nn.BatchNorm2d)
+    result, _ = pretrain(setup, _run_name(setup, "face-pretrain"), build, task=setup.pretrain_task,
+                         variant="fer2013", seed=setup.seed, lr=setup.lr, progress=progress)
+    return result
+
+
+def face_facts(setup: Setup, face: RunResult) -> dict[str, Any]:
+    """What the :func:`face_pretrain` run ``face`` learned, for the pages
+    (:func:`fer.experiments.pretraining.pretrain_facts`: task, faces, epochs, held-out score
+    and what knowing nothing scores)."""
+    return pretrain_facts(setup, face, task=setup.pretrain_task, variant="fer2013", seed=setup.seed)
+
+
+def finetune_text(setup: Setup) -> str:
+    """How this profile fine-tunes pre-trained rows, for the pages (module notes)."""
+    if setup.finetune == "staged":
+        return "as the paper does: head first, then one more conv layer per stage"
+    return (f"differently: every layer trains from the first step at lr / 10 for {setup.epochs} epochs, "
+            "because staged from the SynFER start the head stage learns next to nothing (a classifier "
+            "initialised at N(0, 0.01) behind two dropouts barely moves in a few epochs, and every later "
+            "stage learns ten times slower)")
 
 
 def row_weights(row: str | PaperRow, setup: Setup) -> str | None:
@@ -368,7 +439,8 @@ def _last_conv_paths(model: nn.Module, n: int) -> list[str]:
 
 
 def train_config(setup: Setup, model: nn.Module, *, pretrained: bool) -> TrainConfig:
-    """The chapter's one protocol (module note): staged for pre-trained bases, else all layers.
+    """The chapter's one protocol (module notes): for pre-trained bases staged, or all layers at
+    ``lr / 10`` (``setup.finetune``); from scratch all layers at ``lr``.
 
     Normalisation follows the starting weights (VGG-Face: mean pixel, std 1/255;
     ImageNet: its mean/std); the SynFER stand-in and models from scratch use 0.5/0.5.
@@ -380,22 +452,27 @@ def train_config(setup: Setup, model: nn.Module, *, pretrained: bool) -> TrainCo
     mean = tuple(cfg.get("mean", (0.5,) * 3)) if real_weights else (0.5, 0.5, 0.5)
     std = tuple(cfg.get("std", (0.5,) * 3)) if real_weights else (0.5, 0.5, 0.5)
     stages = []
-    if pretrained:
+    lr = setup.lr
+    if pretrained and setup.finetune == "all":
+        lr = setup.lr / 10
+    elif pretrained:
         head = ["head"] + (["attn"] if any(True for _ in model.attn.parameters()) else [])
         stages = unfreeze_stages(head=head, layers=_last_conv_paths(model, setup.unfreeze),
                                  epochs=list(setup.stage_epochs))
     return TrainConfig(epochs=setup.epochs, stages=stages, batch_size=setup.batch_size, optimizer="adam",
-                       lr=setup.lr, class_weights="inverse", hflip=True,
+                       lr=lr, class_weights="inverse", hflip=True,
                        input_size=max(setup.input_size, int(getattr(model, "min_size", 0))),
                        mean=mean, std=std, seed=setup.seed, cpu=setup.resolved_device() == "cpu")
 
 
 def run_row(setup: Setup, data: ChapterData, row: str, *, face: RunResult | None = None,
-            progress: bool = True) -> RunResult:
+            seed: int | None = None, progress: bool = True) -> RunResult:
     """Train (or load) Figure 7's row ``row`` (``"a"`` ... ``"g"``, ``"cbam"``) under the protocol.
 
     ``face`` is the :func:`face_pretrain` result for rows starting from VGG-Face in
-    the SynFER profiles (trained here when not given).
+    the SynFER profiles (trained here when not given). ``seed``: the training seed
+    (default ``setup.seed``; the data stay those of ``setup.seed``); a run at another
+    seed is named with ``-s<seed>``.
     """
     r = _ROWS[row]
     if not buildable(r):
@@ -415,10 +492,30 @@ def run_row(setup: Setup, data: ChapterData, row: str, *, face: RunResult | None
     probe = build_model(r.model, input_size=setup.input_size, width=setup.width, weights=weights,
                         face_run=face_name, load=False)
     config = train_config(setup, probe, pretrained=weights is not None)
+    name = f"{r.key}-{r.model}"
+    if seed is not None and seed != setup.seed:
+        config = dataclasses.replace(config, seed=seed)
+        name += f"-s{seed}"
     spec = {"row": r.key, "model": r.model, "weights": weights, "width": setup.width,
             "face_run": face_name}
-    return run(_run_name(setup, f"{r.key}-{r.model}"), config, build, data.train, data.val,
+    return run(_run_name(setup, name), config, build, data.train, data.val,
                eval_sets=data.eval_sets(), spec=spec, progress=progress)
+
+
+def run_seeds(setup: Setup, data: ChapterData, rows: Sequence[str] = ("g", "cbam"), *,
+              face: RunResult | None = None, progress: bool = True) -> dict[str, list[RunResult]]:
+    """Rows ``rows`` once per seed of ``setup.seeds`` (:func:`run_row`), from one pre-trained
+    start: ``{row: [run per seed]}``, seeds in ``setup.seeds`` order."""
+    if face is None and setup.synthetic and any(row_weights(r, setup) == "synfer-face" for r in rows):
+        face = face_pretrain(setup, progress=progress)
+    return {r: [run_row(setup, data, r, face=face, seed=s, progress=progress) for s in setup.seeds] for r in rows}
+
+
+def accuracy_by_seed(runs: Mapping[str, Sequence[RunResult]], split: str = "test", *,
+                     metric: str = "accuracy") -> dict[str, dict[int, float]]:
+    """``{row: {training seed: metric in %}}`` of :func:`run_seeds`' runs on ``split``."""
+    return {row: {int(r.run.config.seed): 100.0 * float(r.metrics[split][metric]) for r in rs}
+            for row, rs in runs.items()}
 
 
 def row_label(row: str, setup: Setup) -> str:
@@ -451,8 +548,9 @@ def figure7_table(results: Mapping[str, RunResult], setup: Setup, *, splits: Seq
 
 
 def schedule_table(setup: Setup, *, model: str = "vgg16_cbam", full_size: bool = True):
-    """The staged schedule of a pre-trained ``model``: per stage, its epochs, learning rate,
-    conv layers trained and trainable parameters (a ``DataFrame``).
+    """The paper's staged schedule of a pre-trained ``model``: per stage, its epochs, learning
+    rate, conv layers trained and trainable parameters (a ``DataFrame``), with ``setup``'s
+    epochs and learning rate (also where ``setup.finetune`` is ``"all"``).
 
     ``full_size``: count on the paper's full-width model (else at ``setup``'s scale).
     """
@@ -460,6 +558,7 @@ def schedule_table(setup: Setup, *, model: str = "vgg16_cbam", full_size: bool =
 
     from ..train import apply_stage
 
+    setup = dataclasses.replace(setup, finetune="staged")
     m = (create_model(model, num_classes=7) if full_size
          else build_model(model, input_size=setup.input_size, width=setup.width))
     cfg = train_config(setup, m, pretrained=True)

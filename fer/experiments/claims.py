@@ -39,6 +39,8 @@ __all__ = [
     "share",
     "ratio",
     "cbam_paper_gap",
+    "cbam_claims",
+    "CBAM_CLAIMS",
     "manet_raf_verdict",
     "manet_paper_gap",
     "manet_claims",
@@ -239,6 +241,31 @@ def claims_table(claims: Sequence[Mapping[str, Any]], *, paper: str) -> Any:
 
 
 # =========================================================================== VGG16 + CBAM
+
+
+#: The VGG16 + CBAM paper's central claim (Figure 7): (better row, baseline row, split, metric).
+CBAM_CLAIMS: tuple[tuple[str, str, str, str], ...] = (
+    ("cbam", "g", "test", "accuracy"), ("cbam", "g", "val", "accuracy"), ("cbam", "g", "test", "mean_class_accuracy"))
+
+
+def cbam_claims(acc: Mapping[tuple[str, str], Mapping[str, Mapping[int, float]]]) -> list[dict[str, Any]]:
+    """CBAM against row (g) (:data:`CBAM_CLAIMS`), each judged by :func:`claim_verdict` on the
+    seeds both rows ran (paired). ``acc``: ``(split, metric)`` -> row -> seed -> value in %
+    (:func:`fer.experiments.cbam_vgg.accuracy_by_seed`). The paper reports accuracy only, so
+    the mean per-class accuracy claim carries no paper number. Rows for :func:`claims_table`.
+    """
+    names = {"accuracy": "accuracy", "mean_class_accuracy": "mean per-class accuracy"}
+    where = {"test": "test (FER2013 PrivateTest)", "val": "validation (FER2013 PublicTest)"}
+    out = []
+    for better, worse, split, metric in CBAM_CLAIMS:
+        data = acc.get((split, metric))
+        if not data or better not in data or worse not in data:
+            continue
+        a, b = _paired(data[better], data[worse])
+        claim = f"CBAM raises {names[metric]} over VGG16 + GAP (row g), {where[split]}"
+        paper = cbam_paper_gap(better, worse, split) if metric == "accuracy" else None
+        out.append({"claim": claim, "paper": paper, "verdict": claim_verdict(a, b, claim=claim)})
+    return out
 
 
 def cbam_paper_gap(better: str, worse: str, split: str = "val") -> float:

@@ -236,9 +236,9 @@ def _size(n: int | None, dataset: str, split: str = "train") -> tuple[int, bool]
 
 
 def _cbam_vgg(setup: cbam_vgg.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list[PlannedRun]:
-    """experiment1 (``rows``), experiment2 (g, cbam), results (``rows`` + g + cbam) and the photo page
-    of "Beyond the papers" (its ``row``), plus the VGG-Face stand-in in the SynFER profiles (every
-    page calls ``face_pretrain`` first)."""
+    """experiment1 (``rows``), experiment2 (g, cbam, once per seed of ``setup.seeds``), results
+    (``rows`` + g + cbam) and the photo page of "Beyond the papers" (its ``row``), plus the
+    VGG-Face stand-in in the SynFER profiles (every page calls ``face_pretrain`` first)."""
     C = cbam_vgg
     p = _Planner("cbam_vgg", knobs)
     rows_of = {r.key: r for r in C.FIGURE7}
@@ -249,12 +249,12 @@ def _cbam_vgg(setup: cbam_vgg.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> 
     def face(ctx: _Context) -> RunResult:
         return ctx.once(face_name, lambda: C.face_pretrain(setup, progress=ctx.progress))
 
-    def row_run(row: str) -> Callable[[_Context], RunResult]:
+    def row_run(row: str, seed: int) -> Callable[[_Context], RunResult]:
         def trainer(ctx: _Context) -> RunResult:
             d = ctx.once(("cbam_vgg", "data"), lambda: C.load_data(setup, progress=ctx.progress), data=True)
             # the notebooks pass every row the face run; only VGG-Face rows read it
             f = face(ctx) if C.row_weights(row, setup) == "synfer-face" else None
-            return C.run_row(setup, d, row, face=f, progress=ctx.progress)
+            return C.run_row(setup, d, row, face=f, seed=seed, progress=ctx.progress)
         return trainer
 
     pages = [("experiment1", list(p.page("experiment1")[1]["rows"])), ("experiment2", ["g", "cbam"]),
@@ -263,17 +263,22 @@ def _cbam_vgg(setup: cbam_vgg.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> 
     for page, rows in pages:
         rel = p.page(page)[0]
         if setup.synthetic:
-            p.add(rel, name=face_name, row="face-pretrain", seed=setup.seed, dataset="SynFER fer2013 identities",
-                  train_images=setup.pretrain_n, epochs=setup.pretrain_epochs, estimate=False, trainer=face,
-                  call="cbam_vgg.face_pretrain(setup)")
+            p.add(rel, name=face_name, row="face-pretrain", seed=setup.seed,
+                  dataset=f"SynFER fer2013 {setup.pretrain_task}", train_images=setup.pretrain_n,
+                  epochs=setup.pretrain_epochs, estimate=False, trainer=face, call="cbam_vgg.face_pretrain(setup)")
+        # experiment2 trains its two rows once per seed (run_seeds); the other pages at setup.seed
+        seeds = setup.seeds if page == "experiment2" else (setup.seed,)
         for row in rows:
             if row not in rows_of:
                 raise PlanError(f"{rel}: row {row!r} is not a Figure 7 row ({', '.join(rows_of)})")
             r = rows_of[row]
             needs = [face_name] if C.row_weights(row, setup) == "synfer-face" else []
-            p.add(rel, name=C._run_name(setup, f"{r.key}-{r.model}"), row=row, seed=setup.seed, dataset=data,
-                  train_images=n, epochs=setup.epochs, estimate=est, trainer=row_run(row), needs=needs,
-                  call=f"cbam_vgg.run_row(setup, load_data(setup), {row!r}, face=face)")
+            for seed in seeds:
+                suffix = "" if seed == setup.seed else f"-s{seed}"
+                call = f"cbam_vgg.run_row(setup, load_data(setup), {row!r}, face=face, seed={seed})"
+                p.add(rel, name=C._run_name(setup, f"{r.key}-{r.model}{suffix}"), row=row, seed=seed, dataset=data,
+                      train_images=n, epochs=setup.epochs, estimate=est, trainer=row_run(row, seed), needs=needs,
+                      call=call)
     return list(p.runs.values())
 
 

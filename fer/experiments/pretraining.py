@@ -56,7 +56,7 @@ from ..train import TrainConfig
 from ._common import PRETRAIN_SEED_OFFSET
 
 __all__ = ["PRETRAIN_TASKS", "LANDMARK_WEIGHT", "LANDMARKS", "task_outputs", "pretrain_faces", "pretrain_loss",
-           "identity_logits", "dlib_descriptors", "pretrain"]
+           "identity_logits", "dlib_descriptors", "pretrain", "landmark_rmse_px", "pretrain_facts", "TASK_TEXT", "facts_text"]
 
 #: What a pretraining run can learn (module docstring).
 PRETRAIN_TASKS: tuple[str, ...] = ("identity", "landmarks", "identity+landmarks", "dlib-distill")
@@ -170,3 +170,61 @@ def pretrain(setup: Any, name: str, build: Callable[..., nn.Module], *, task: st
                  output_to_logits=partial(identity_logits, task=task, identities=k),
                  spec={"task": task, "variant": variant}, progress=progress)
     return result, teacher_seconds
+
+
+def landmark_rmse_px(val_loss: float, side: int, *, landmark_weight: float = LANDMARK_WEIGHT) -> float:
+    """Root-mean-square landmark coordinate error in pixels of a ``side``-px input, from a
+    ``landmarks`` run's validation loss (``landmark_weight`` x the mean squared error in
+    half-image units, :func:`pretrain_loss`)."""
+    return float(np.sqrt(max(val_loss, 0.0) / landmark_weight) * side / 2)
+
+
+def pretrain_facts(setup: Any, result: RunResult, *, task: str, variant: str, seed: int,
+                   progress: bool = False, **synfer_kw: Any) -> dict[str, Any]:
+    """What a :func:`pretrain` run learned, for a page: ``task``, ``faces``, ``identities``,
+    ``epochs``, and the task's held-out score beside what knowing nothing scores.
+
+    ``identity``: ``accuracy`` and ``chance`` (1 / identities). ``landmarks``: ``rmse_px``
+    (:func:`landmark_rmse_px` at ``setup.input_size``) and ``mean_shape_rmse_px``, the error
+    of answering every face with the training faces' mean landmarks (the same faces,
+    re-read from the dataset cache). Other tasks: ``val_loss``.
+    """
+    val = result.metrics.get("val") or {}
+    facts: dict[str, Any] = {"task": task, "faces": setup.pretrain_n, "identities": setup.pretrain_identities,
+                             "epochs": setup.pretrain_epochs, "val_loss": val.get("loss")}
+    if task == "identity":
+        facts.update(accuracy=val.get("accuracy"), chance=1.0 / setup.pretrain_identities)
+    elif task == "landmarks":
+        train, held_out, _ = pretrain_faces(task, variant, n=setup.pretrain_n, identities=setup.pretrain_identities,
+                                            seed=seed, progress=progress, **synfer_kw)
+        mean = train.tensors["landmarks"].mean(0)
+        mse = float(((held_out.tensors["landmarks"] - mean) ** 2).mean())
+        facts.update(rmse_px=landmark_rmse_px(float(val.get("loss")), setup.input_size),
+                     mean_shape_rmse_px=landmark_rmse_px(LANDMARK_WEIGHT * mse, setup.input_size))
+    return facts
+
+
+#: What each task is, for a page's sentence "pretrained to ...".
+TASK_TEXT: dict[str, str] = {
+    "identity": "tell {identities} SynFER people apart",
+    "landmarks": "regress the 68 landmarks SynFER drew each face from",
+    "identity+landmarks": "tell {identities} SynFER people apart and regress their 68 landmarks",
+    "dlib-distill": "reproduce dlib's face-recognition descriptors",
+}
+
+
+def facts_text(facts: Mapping[str, Any]) -> dict[str, str]:
+    """Page strings of :func:`pretrain_facts`: ``task`` (what it learned, on how many faces,
+    how long), ``score`` (its held-out score) and ``baseline`` (what knowing nothing scores)."""
+    task = TASK_TEXT[facts["task"]].format(identities=facts["identities"])
+    out = {"task": f"to {task} ({facts['faces']:,} faces, {facts['epochs']} epochs)"}
+    if facts.get("rmse_px") is not None:
+        out["score"] = f"a landmark error of {facts['rmse_px']:.2f} px (root mean square)"
+        out["baseline"] = f"{facts['mean_shape_rmse_px']:.2f} px for the mean face shape"
+    elif facts.get("accuracy") is not None:
+        out["score"] = f"{100 * facts['accuracy']:.1f}% identification accuracy"
+        out["baseline"] = f"{100 * facts['chance']:.1f}% by chance"
+    else:
+        out["score"] = f"validation loss {facts['val_loss']:.3f}"
+        out["baseline"] = "no reference score"
+    return out
