@@ -105,7 +105,10 @@ def test_protocol_stages_unfreeze_the_last_three_conv_layers():
     assert C.train_config(every, model, pretrained=False).lr == pytest.approx(1e-3)
     assert C.schedule_table(every).equals(table)
     assert "all layers" in every.scale() and "unfreezing" in s.scale()
-    assert C.finetune_text(s).startswith("as the paper") and "lr / 10 for 5 epochs" in C.finetune_text(every)
+    assert C.finetune_text(s).startswith("as the paper") and "rate 0.0001 for 5 epochs" in C.finetune_text(every)
+    faster = dataclasses.replace(every, finetune_lr=3e-4)
+    assert C.train_config(faster, model, pretrained=True).lr == pytest.approx(3e-4) and "0.0003" in faster.scale()
+    assert C.train_config(faster, model, pretrained=False).lr == pytest.approx(1e-3)
 
 
 def test_every_rows_normalisation_is_that_of_the_weights_it_loads(monkeypatch):
@@ -210,7 +213,7 @@ def test_run_seeds_pairs_rows_per_seed_from_one_start(tmp_path, monkeypatch):
     assert {r.run.spec["spec"]["face_run"] for rs in runs.values() for r in rs} == {
         next(p.name for p in tmp_path.iterdir() if "face-pretrain" in p.name)}
     assert C.run_row(s, data, "g", progress=False).cached
-    assert runs["g"][0].history.to_frame()["lr"].iloc[0] == pytest.approx(s.lr / 10)  # all layers, lr / 10
+    assert runs["g"][0].history.to_frame()["lr"].iloc[0] == pytest.approx(s.lr / 10)  # all layers, lr / 10 by default
     acc = C.accuracy_by_seed(runs, "test")
     assert set(acc) == {"g", "cbam"} and set(acc["g"]) == {0, 1}
     assert acc["g"][1] == pytest.approx(100 * runs["g"][1].metrics["test"]["accuracy"])

@@ -113,6 +113,22 @@ def test_masks_and_a_two_stage_run_through_the_cache(tmp_path, monkeypatch):
         assert again.metrics["test"][key] == again.metrics["val"][key]
 
 
+def test_the_face_stand_in_regresses_landmarks_and_loads_into_every_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_RUNS", str(tmp_path))
+    setup = M.Setup(input_size=48, width=0.0625, pretrain_n=16, pretrain_identities=4, batch_norm=True)
+    face = M.face_pretrain(setup, progress=False)
+    assert face.path.name.startswith("manet-smoke-face-pretrain-") and face.run.spec["spec"]["task"] == "landmarks"
+    assert face.model.get_classifier().out_features == 136  # 68 landmarks, x and y
+    facts = M.face_facts(setup, face)
+    assert facts["task"] == "landmarks" and 0 < facts["mean_shape_rmse_px"] < 48 and facts["rmse_px"] > 0
+    for name in M.MODELS.values():
+        model = M.build_model(name, input_size=48, width=0.0625, weights="synfer-face", face_run=face.path.name,
+                              batch_norm=True)
+        assert torch.equal(model.features[0].weight, face.model.features[0].weight), name
+    with pytest.raises(ValueError, match="pretrain_task.*manet"):
+        M.Setup(pretrain_task="age")
+
+
 def test_reorder_confusion():
     classes = ("a", "b")
     df = M.reorder_confusion([[3, 1], [0, 2]], classes, ("b", "a"))

@@ -8,8 +8,9 @@ the chapter's ``profile_setups()`` is :func:`profile_setups` over every profile.
 The rest is what several chapters did alike, once, parameterised by what differs; each
 chapter keeps its public function (same name and signature) as a thin call into it:
 :func:`require_data_root` (the paper profile's missing-data error), :class:`ChapterSplits`
-(a ``ChapterData``'s ``counts`` and ``eval_sets``), :func:`face_pretrain` (the VGG-Face
-stand-in), :func:`load_conv_base` / :func:`load_face_weights` (starting weights),
+(a ``ChapterData``'s ``counts`` and ``eval_sets``), :func:`load_conv_base` /
+:func:`load_face_weights` (starting weights, e.g. a chapter's ``face_pretrain`` run, the
+VGG-Face stand-in that :mod:`fer.experiments.pretraining` trains),
 :func:`explain_faces`, :func:`gradcam_maps` and :func:`localisation_table` (explanations).
 A run's ``build_model`` stays in its chapter module, so runs stay keyed by that chapter.
 """
@@ -33,12 +34,12 @@ from ..explain import cam, localisation_scores
 from ..models import load_vggface
 from ..models.cbam_vgg import fold_batchnorm
 from ..profiles import PROFILES_FILE, ProfileError, chapter_entry, find_root, read_profiles, resolve_device
-from ..runs import Run, RunResult, run
+from ..runs import Run
 from ..train import TrainConfig
 
 __all__ = ["ProfileSetup", "profile_setups", "random_subset", "stratified_indices", "model_input",
            "localisation_row", "PRETRAIN_SEED_OFFSET", "EXPLAIN_SEED_OFFSET", "paper_command", "require_data_root",
-           "ChapterSplits", "face_pretrain", "load_conv_base", "load_face_weights", "explain_faces", "gradcam_maps",
+           "ChapterSplits", "load_conv_base", "load_face_weights", "explain_faces", "gradcam_maps",
            "localisation_table"]
 
 S = TypeVar("S", bound="ProfileSetup")
@@ -152,7 +153,8 @@ def localisation_row(heat: Any, relevance: Any, **labels: Any) -> dict[str, Any]
 
 
 #: Seed offsets of the sets no expression run trains or tests on: the face-identity
-#: pre-training faces (:func:`face_pretrain`) and the explanation faces (:func:`explain_faces`).
+#: pretraining faces (:func:`fer.experiments.pretraining.pretrain_faces`) and the explanation
+#: faces (:func:`explain_faces`).
 PRETRAIN_SEED_OFFSET = 1000
 EXPLAIN_SEED_OFFSET = 2000
 
@@ -187,36 +189,6 @@ class ChapterSplits:
     def eval_sets(self) -> dict[str, CachedDataset]:
         """The sets a run is tested on after training, by split name: ``{"test": ...}``."""
         return {"test": self.test}
-
-
-def face_pretrain(setup: ProfileSetup, name: str, build: Callable[[], nn.Module], *, variant: str, seed: int,
-                  lr: float, label: str = "SynFER identities", progress: bool = True, **synfer_kw: Any) -> RunResult:
-    """The SynFER profiles' stand-in for VGG-Face: a network trained to tell SynFER identities apart.
-
-    ``setup.pretrain_n`` SynFER ``variant`` training faces of ``setup.pretrain_identities``
-    people (every expression, class-balanced, seed ``seed + PRETRAIN_SEED_OFFSET``, which no
-    expression set uses), labelled by identity; the tail of the same draw (a tenth as many
-    faces, at least one per person) scores it. ``build`` (the chapter's VGG16, named by the
-    chapter) trains all layers from scratch with Adam at ``lr`` for ``setup.pretrain_epochs``,
-    with flips, through :func:`fer.runs.run` under ``name``. Only its conv base is reused
-    (:func:`load_conv_base`). ``synfer_kw`` go to :class:`fer.data.SynFER`; ``label`` names the
-    cached set.
-    """
-    if not setup.synthetic:
-        raise ValueError("face_pretrain is the SynFER profiles' stand-in; the paper profile loads VGG-Face")
-    # Identities are drawn per sample from the pool, so "train" and "val" share people
-    # only when both come from one split: hold out the tail of one draw.
-    n_val = max(setup.pretrain_identities, setup.pretrain_n // 10)
-    ds = SynFER(variant, "train", n=setup.pretrain_n + n_val, seed=seed + PRETRAIN_SEED_OFFSET,
-                identities=setup.pretrain_identities, class_balance="uniform", **synfer_kw)
-    cached = cache_dataset(ds, progress=progress, desc=label)
-    full = CachedDataset({"image": cached.images, "label": torch.as_tensor(ds.identities(), dtype=torch.long)},
-                         classes=tuple(f"id{i}" for i in range(setup.pretrain_identities)),
-                         source_fingerprint=f"{ds.fingerprint()}:identity", name=label)
-    train, val = full.subset(np.arange(setup.pretrain_n)), full.subset(np.arange(setup.pretrain_n, len(full)))
-    config = TrainConfig(epochs=setup.pretrain_epochs, batch_size=setup.batch_size, optimizer="adam", lr=lr,
-                         input_size=setup.input_size, hflip=True, seed=seed, cpu=setup.resolved_device() == "cpu")
-    return run(name, config, build, train, val, progress=progress)
 
 
 # =========================================================================== starting weights
@@ -261,7 +233,7 @@ def load_face_weights(model: nn.Module, weights: str | None, face_run: str | Non
                       choices: str = "None, 'vggface' or 'synfer-face'") -> nn.Module:
     """A VGG16 chapter model's face weights: ``None`` (as built), ``"vggface"``
     (:func:`fer.models.load_vggface`) or ``"synfer-face"`` (the conv base of the
-    :func:`face_pretrain` run ``face_run``); ``choices`` is what the chapter accepts, for
+    chapter's ``face_pretrain`` run ``face_run``); ``choices`` is what the chapter accepts, for
     the error."""
     if weights == "vggface":
         load_vggface(model)

@@ -56,9 +56,9 @@ holds what the chapter's notebooks share:
    stage learns next to nothing: VGG16's classifier starts at N(0, 0.01) behind two
    dropouts, and in the demo's few head epochs its logits barely move, while every later
    stage has a learning rate ten times smaller. So in the demo every pre-trained row
-   trains all its layers from the first step at ``lr / 10`` (the start is worth
-   keeping) for ``sum(stage_epochs)`` epochs, with the same class weights and flips;
-   rows from scratch train all layers at ``lr`` for as many epochs.
+   trains all its layers from the first step at ``finetune_lr`` (below ``lr``: the
+   start is worth keeping) for ``sum(stage_epochs)`` epochs, with the same class weights
+   and flips; rows from scratch train all layers at ``lr`` for as many epochs.
 
 .. note::
    **Rows that cannot be built.** Row (c), ResNet-50 pre-trained on VGGFace2, needs
@@ -200,8 +200,9 @@ class Setup(ProfileSetup):
         pretrain_task: what the stand-in learns
             (:data:`fer.experiments.pretraining.PRETRAIN_TASKS`; default ``"landmarks"``).
         finetune: ``"staged"`` (the paper's protocol: head first, then one conv layer at a
-            time) or ``"all"`` (every layer from the first step at ``lr / 10``; the demo's,
+            time) or ``"all"`` (every layer from the first step at ``finetune_lr``; the demo's,
             module note) for rows that start from pre-trained weights.
+        finetune_lr: the learning rate of ``finetune="all"`` (``None``: ``lr / 10``).
         seeds: training seeds of the paper's central comparison, CBAM against row (g)
             (:func:`run_seeds`); ``None``: ``(seed,)``. Every seed trains on the same data
             draw (``seed``) from the same pre-trained start: what varies is the head's
@@ -227,6 +228,7 @@ class Setup(ProfileSetup):
     pretrain_epochs: int = 1
     pretrain_task: str = "landmarks"
     finetune: str = "staged"
+    finetune_lr: float | None = None
     seeds: tuple[int, ...] | None = None
     device: str = "auto"
 
@@ -252,6 +254,11 @@ class Setup(ProfileSetup):
         return self.profile != "paper"
 
     @property
+    def all_layers_lr(self) -> float:
+        """The learning rate of pre-trained rows under ``finetune="all"``."""
+        return self.lr / 10 if self.finetune_lr is None else float(self.finetune_lr)
+
+    @property
     def unfreeze(self) -> int:
         """Conv layers unfrozen one at a time after the head stage (paper: 3)."""
         return len(self.stage_epochs) - 1
@@ -271,7 +278,7 @@ class Setup(ProfileSetup):
         width = "VGG16 full width" if self.width == 1 else f"VGG16 at width {self.width:g} (channels x {self.width:g})"
         stages = " + ".join(str(e) for e in self.stage_epochs)
         schedule = (f"epochs {stages} (head + {self.unfreeze} unfreezing stages)" if self.finetune == "staged"
-                    else f"{self.epochs} epochs, all layers (pre-trained rows at lr / 10)")
+                    else f"{self.epochs} epochs, all layers (pre-trained rows at lr {self.all_layers_lr:g})")
         return f"{sizes}; 48 px faces resized to {self.input_size} px; {width}; {schedule}, batch {self.batch_size}"
 
 
@@ -374,7 +381,8 @@ def finetune_text(setup: Setup) -> str:
     """How this profile fine-tunes pre-trained rows, for the pages (module notes)."""
     if setup.finetune == "staged":
         return "as the paper does: head first, then one more conv layer per stage"
-    return (f"differently: every layer trains from the first step at lr / 10 for {setup.epochs} epochs, "
+    return (f"differently: every layer trains from the first step at learning rate {setup.all_layers_lr:g} "
+            f"for {setup.epochs} epochs, "
             "because staged from the SynFER start the head stage learns next to nothing (a classifier "
             "initialised at N(0, 0.01) behind two dropouts barely moves in a few epochs, and every later "
             "stage learns ten times slower)")
@@ -440,7 +448,7 @@ def _last_conv_paths(model: nn.Module, n: int) -> list[str]:
 
 def train_config(setup: Setup, model: nn.Module, *, pretrained: bool) -> TrainConfig:
     """The chapter's one protocol (module notes): for pre-trained bases staged, or all layers at
-    ``lr / 10`` (``setup.finetune``); from scratch all layers at ``lr``.
+    ``setup.all_layers_lr`` (``setup.finetune``); from scratch all layers at ``lr``.
 
     Normalisation follows the starting weights (VGG-Face: mean pixel, std 1/255;
     ImageNet: its mean/std); the SynFER stand-in and models from scratch use 0.5/0.5.
@@ -454,7 +462,7 @@ def train_config(setup: Setup, model: nn.Module, *, pretrained: bool) -> TrainCo
     stages = []
     lr = setup.lr
     if pretrained and setup.finetune == "all":
-        lr = setup.lr / 10
+        lr = setup.all_layers_lr
     elif pretrained:
         head = ["head"] + (["attn"] if any(True for _ in model.attn.parameters()) else [])
         stages = unfreeze_stages(head=head, layers=_last_conv_paths(model, setup.unfreeze),

@@ -34,9 +34,11 @@ Expression Recognition*, IEEE Access 8, 2020. The models are in
 
 .. note::
    **"Pre-trained on VGG-Face" without VGG-Face.** As in the VGG16 + CBAM chapter, the
-   SynFER profiles stand in for VGG-Face with the same conv base trained to recognise
-   SynFER identities (:func:`face_pretrain`, on ``wild`` faces that no expression run
-   sees); the ``paper`` profile loads the real VGG-Face weights.
+   SynFER profiles stand in for VGG-Face with the same conv base pretrained on a face task
+   SynFER labels exactly (:func:`face_pretrain`, on ``wild`` faces that no expression run
+   sees): ``pretrain_task``, by default regressing the 68 landmarks (measured against
+   telling identities apart, which teaches a network to ignore expressions); the
+   ``paper`` profile loads the real VGG-Face weights.
 
 .. note::
    **Optimiser in the SynFER profiles.** The ``paper`` profile is SGD (momentum 0.9, weight
@@ -81,6 +83,7 @@ from ..train import Stage, TrainConfig
 from . import _common
 from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, require_data_root
 from ._common import profile_setups as _profile_setups
+from .pretraining import PRETRAIN_TASKS, pretrain, pretrain_facts
 
 __all__ = [
     "required_weights",
@@ -105,6 +108,7 @@ __all__ = [
     "ck_folds",
     "ck_fold_data",
     "face_pretrain",
+    "face_facts",
     "build_model",
     "train_config",
     "run_model",
@@ -229,7 +233,10 @@ class Setup(ProfileSetup):
         ras_iterations: stage 1 (RASnet) iterations; ``None``: as stage 2.
         seeds: training seeds of the RAF-DB rows (spread in the demo profile).
         folds: the CK+ folds run (of 10); all ten in ``paper``.
-        pretrain_identities, pretrain_n, pretrain_epochs: the VGG-Face stand-in.
+        pretrain_identities, pretrain_n, pretrain_epochs: the VGG-Face stand-in: people,
+            faces and epochs.
+        pretrain_task: what the stand-in learns
+            (:data:`fer.experiments.pretraining.PRETRAIN_TASKS`; default ``"landmarks"``).
         device: ``auto``, ``cpu``, ``cuda``.
     """
 
@@ -259,6 +266,7 @@ class Setup(ProfileSetup):
     pretrain_identities: int = 8
     pretrain_n: int = 96
     pretrain_epochs: int = 1
+    pretrain_task: str = "landmarks"
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -272,6 +280,9 @@ class Setup(ProfileSetup):
         object.__setattr__(self, "folds", tuple(int(f) for f in self.folds))
         if not self.seeds:
             raise ValueError("seeds needs at least one seed")
+        if self.pretrain_task not in PRETRAIN_TASKS:
+            raise ValueError(f"pretrain_task must be one of {PRETRAIN_TASKS}, got {self.pretrain_task!r} "
+                             "(book/profiles.yml, manet)")
         bad = [f for f in self.folds if not 0 <= f < self.num_folds]
         if bad or not self.folds:
             raise ValueError(f"folds must be in 0..{self.num_folds - 1}, got {list(self.folds)}")
@@ -436,15 +447,26 @@ def _run_name(setup: Setup, what: str) -> str:
 
 
 def face_pretrain(setup: Setup, *, progress: bool = True) -> RunResult:
-    """The VGG-Face stand-in: VGG16 (at ``setup.width``) trained to tell SynFER identities apart.
+    """The VGG-Face stand-in: VGG16 (at ``setup.width``, with the chapter's ``batch_norm``)
+    pretrained on ``setup.pretrain_task`` (module note).
 
     ``pretrain_n`` ``wild`` faces of ``pretrain_identities`` people (a seed no expression
-    set uses), all layers from scratch with Adam; only the conv base is reused.
+    set uses), all layers from scratch with Adam (:func:`fer.experiments.pretraining.pretrain`);
+    only the conv base is reused.
     """
-    build = partial(create_model, "manet_vgg16", num_classes=setup.pretrain_identities, img_size=setup.input_size,
-                    width=setup.width, **_bn_kw(setup.batch_norm))
-    return _common.face_pretrain(setup, _run_name(setup, "face-pretrain"), build, variant="wild", seed=setup.seed0,
-                                 lr=1e-3, progress=progress, image_size=setup.input_size, with_relevance=False)
+    build = partial(create_model, "manet_vgg16", img_size=setup.input_size, width=setup.width,
+                    **_bn_kw(setup.batch_norm))
+    result, _ = pretrain(setup, _run_name(setup, "face-pretrain"), build, task=setup.pretrain_task, variant="wild",
+                         seed=setup.seed0, lr=1e-3, progress=progress, image_size=setup.input_size,
+                         with_relevance=False)
+    return result
+
+
+def face_facts(setup: Setup, face: RunResult) -> dict[str, Any]:
+    """What the :func:`face_pretrain` run ``face`` learned, for the pages
+    (:func:`fer.experiments.pretraining.pretrain_facts`)."""
+    return pretrain_facts(setup, face, task=setup.pretrain_task, variant="wild", seed=setup.seed0,
+                          image_size=setup.input_size, with_relevance=False)
 
 
 def _bn_kw(batch_norm: bool) -> dict[str, Any]:

@@ -11,13 +11,15 @@ Tasks (:data:`PRETRAIN_TASKS`), each on the same SynFER faces (every expression,
 class-balanced, seed ``seed + PRETRAIN_SEED_OFFSET``, which no expression set uses):
 
 ``identity``
-    tell ``setup.pretrain_identities`` SynFER people apart: the stand-in the chapters
-    use today (:func:`fer.experiments._common.face_pretrain`), here for comparison.
+    tell ``setup.pretrain_identities`` SynFER people apart: what VGG-Face learned, and
+    the chapters' stand-in until issue 17 measured it against the others (it learns to
+    ignore expressions).
 ``landmarks``
     regress the 68 iBUG landmarks SynFER drew each face from (exact, not detected), as
     ``x, y`` in units of the half-image (the image's edges at -1 and 1; a point the
     pose pushed out of the frame lies beyond): a face-geometry task that sees the mouth, brows
-    and eyes move, as expressions move them.
+    and eyes move, as expressions move them. The chapters' stand-in for VGG-Face
+    (``face_pretrain`` of :mod:`~fer.experiments.cbam_vgg` and :mod:`~fer.experiments.manet`).
 ``identity+landmarks``
     both heads on one backbone, the two losses summed (landmarks weighted by
     :data:`LANDMARK_WEIGHT`).
@@ -102,8 +104,7 @@ def pretrain_faces(task: str, variant: str, *, n: int, identities: int, seed: in
     """The pretraining faces of ``task``: ``(train, val, teacher_seconds)``.
 
     ``n`` training faces of ``identities`` people, and the tail of the same draw (a tenth
-    as many, at least one per person) to score them, as
-    :func:`fer.experiments._common.face_pretrain` draws them. Tensors: ``image``,
+    as many, at least one per person) to score them. Tensors: ``image``,
     ``label`` (the identity), ``landmarks`` (``136`` floats, x then y per point, the
     image's edges at -1 and 1) and, for ``dlib-distill``, ``descriptor`` (the teacher's, minus their mean over
     the draw; ``teacher_seconds`` is what computing them took, 0 otherwise).
