@@ -10,14 +10,15 @@ stand-in, its input size and VGG16 width), each candidate start
 (:data:`fer.experiments.pretraining.PRETRAIN_TASKS`) is pretrained with the chapter's
 pretraining budget (``pretrain_n`` faces, ``pretrain_epochs``), then Figure 7's row
 ``--row`` (default ``g``: VGG16 + GAP from "VGG-Face") is fine-tuned from its conv base
-under the chapter's staged protocol (:func:`fer.experiments.cbam_vgg.run_row`). The
-reference ``scratch`` trains the same VGG16 with all layers from random weights for as
-many epochs as the staged protocol has.
+under the profile's protocol (:func:`fer.experiments.cbam_vgg.run_row`: in ``demo``
+every layer at ``finetune_lr``, issue 17's choice; staged in ``smoke`` and ``paper``).
+The reference ``scratch`` trains the same VGG16 with all layers from random weights for
+as many epochs.
 
 ``--norm bn`` pretrains VGG16 with a batch norm after each conv, folded into the convs when
-the plain VGG16 loads them (:func:`fer.models.cbam_vgg.fold_batchnorm`); ``--finetune all``
-trains every layer of the row from the first step, at a tenth of the chapter's learning
-rate, instead of the staged protocol (head first, then one conv layer at a time).
+the plain VGG16 loads them (:func:`fer.models.cbam_vgg.fold_batchnorm`; the chapters'
+``face_pretrain`` always does); ``--finetune all`` trains every layer of the row from the
+first step, at a tenth of the chapter's learning rate, whatever the profile's protocol.
 
 Reported per candidate and seed: the expression run's test accuracy, mean per-class
 accuracy, the majority-class share and whether it learned (:func:`fer.pages.learned`);
@@ -56,7 +57,7 @@ def _score(result: Any) -> dict[str, Any]:
 
 
 def _finetune(setup: Any, data: Any, row: str, face: Any, finetune: str, progress: bool) -> Any:
-    """Row ``row`` from ``face``'s conv base (``None``: from scratch): the chapter's staged
+    """Row ``row`` from ``face``'s conv base (``None``: from scratch): the profile's
     protocol (``finetune="chapter"``), or every layer from the first step at a tenth of the
     chapter's learning rate for as many epochs (``"all"``)."""
     from fer.experiments import cbam_vgg
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--norm", default="none", choices=("none", "bn"),
                     help="pretrain VGG16 plain, or with batch norm folded into the convs afterwards (bn)")
     ap.add_argument("--finetune", default="chapter", choices=("chapter", "all"),
-                    help="the chapter's staged protocol, or every layer at a tenth of its learning rate (all)")
+                    help="the profile's protocol (cbam_vgg.run_row), or every layer at a tenth of its "
+                         "learning rate (all)")
     ap.add_argument("--pretrain-epochs", type=int, default=None, help="default: the profile's pretrain_epochs")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)

@@ -314,7 +314,8 @@ def _manet(setup: manet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list[P
 
     def add_face(rel: str) -> None:
         if setup.synthetic:
-            p.add(rel, name=face_name, row="face-pretrain", seed=setup.seed0, dataset=f"SynFER wild {setup.pretrain_task}",
+            p.add(rel, name=face_name, row="face-pretrain", seed=setup.seed0,
+                  dataset=f"SynFER wild {setup.pretrain_task}",
                   train_images=setup.pretrain_n, epochs=setup.pretrain_epochs, estimate=False, trainer=face,
                   call="manet.face_pretrain(setup)")
 

@@ -58,7 +58,8 @@ from ..train import TrainConfig
 from ._common import PRETRAIN_SEED_OFFSET
 
 __all__ = ["PRETRAIN_TASKS", "LANDMARK_WEIGHT", "LANDMARKS", "task_outputs", "pretrain_faces", "pretrain_loss",
-           "identity_logits", "dlib_descriptors", "pretrain", "landmark_rmse_px", "pretrain_facts", "TASK_TEXT", "facts_text"]
+           "identity_logits", "dlib_descriptors", "pretrain", "landmark_rmse_px", "pretrain_facts", "TASK_TEXT",
+           "facts_text"]
 
 #: What a pretraining run can learn (module docstring).
 PRETRAIN_TASKS: tuple[str, ...] = ("identity", "landmarks", "identity+landmarks", "dlib-distill")
