@@ -64,17 +64,24 @@ def test_manet_raf_claims_pair_seeds_and_quote_table3():
 
 
 def test_manet_claims_table():
-    raf = {"ours": 60.0, "se": 58.0, "vgg": 61.0}
+    # RAF-DB per seed: MANet trails VGG by 1 point on every seed, leads SE by 2 (with spread)
+    raf = {"ours": {0: 60.0, 1: 61.0, 2: 62.0}, "se": {0: 58.0, 1: 59.5, 2: 59.5}, "vgg": {0: 61.0, 1: 62.0, 2: 63.0}}
     ck = {"ours": 90.0, "se": 86.0, "vgg": 85.0}
-    rows = C.manet_claims(raf, ck, ck_sd=3.0, iou_mean=0.45, q_change=0.1,
-                          raf_loc={"ours": 0.2, "vgg": 0.1, "se": 0.15}, ck_loc={"ours": 0.1, "vgg": 0.3, "se": 0.2})
+    loc = {"ours": 0.2, "vgg": 0.1, "se": 0.15}
+    rows = C.manet_claims(raf, ck, ck_sd=3.0, iou_mean=0.45, q_change=0.1, raf_loc=loc,
+                          ck_loc={"ours": 0.1, "vgg": 0.3, "se": 0.2})
     holds = [r["holds"] for r in rows]
     assert holds == ["no", "yes", "yes", "yes", "—", "—", "yes", "no"]
     assert rows[0]["paper"] == pytest.approx(85.69 - 83.89) and rows[0]["ours"] == pytest.approx(-1.0)
-    assert rows[2]["ours"] == pytest.approx(4.0)
+    assert rows[0]["claim"] == "RAF-DB: MANet beats VGG fine-tuning (points, mean of 3 seeds)"
+    assert rows[1]["ours"] == pytest.approx(2.0) and rows[2]["ours"] == pytest.approx(4.0)
     assert rows[6]["ours"] == pytest.approx(0.05) and rows[7]["ours"] == pytest.approx(-0.2)
     # a CK+ gain inside the fold spread does not hold
-    assert C.manet_claims(raf, ck, ck_sd=5.0, iou_mean=0, q_change=0, raf_loc=raf, ck_loc=ck)[2]["holds"] == "no"
+    assert C.manet_claims(raf, ck, ck_sd=5.0, iou_mean=0, q_change=0, raf_loc=loc, ck_loc=loc)[2]["holds"] == "no"
+    # RAF-DB rows follow the seed rule: one seed is inconclusive, whatever the means say
+    one = {k: {0: v[0]} for k, v in raf.items()}
+    assert [r["holds"] for r in C.manet_claims(one, ck, ck_sd=3.0, iou_mean=0, q_change=0, raf_loc=loc,
+                                                ck_loc=loc)[:2]] == ["inconclusive", "inconclusive"]
 
 
 def test_mapnet_clear_count():
