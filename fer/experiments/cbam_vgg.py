@@ -90,7 +90,7 @@ from ..train import TrainConfig, unfreeze_stages
 from . import _common
 from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, require_data_root
 from ._common import profile_setups as _profile_setups
-from .pretraining import PRETRAIN_TASKS, pretrain, pretrain_facts
+from .pretraining import check_task, pretrain, pretrain_facts
 
 __all__ = [
     "required_weights",
@@ -115,6 +115,7 @@ __all__ = [
     "buildable",
     "train_config",
     "run_row",
+    "row_run_name",
     "run_seeds",
     "accuracy_by_seed",
     "row_label",
@@ -237,9 +238,7 @@ class Setup(ProfileSetup):
             raise ValueError(f"profile must be smoke, demo or paper, got {self.profile!r}")
         if self.finetune not in FINETUNE:
             raise ValueError(f"finetune must be one of {FINETUNE}, got {self.finetune!r} (book/profiles.yml, cbam_vgg)")
-        if self.pretrain_task not in PRETRAIN_TASKS:
-            raise ValueError(f"pretrain_task must be one of {PRETRAIN_TASKS}, got {self.pretrain_task!r} "
-                             "(book/profiles.yml, cbam_vgg)")
+        check_task(self.pretrain_task, chapter="cbam_vgg")
         object.__setattr__(self, "stage_epochs", tuple(int(e) for e in self.stage_epochs))
         seeds = (self.seed,) if self.seeds is None else tuple(int(x) for x in self.seeds)
         if not seeds or len(set(seeds)) != len(seeds):
@@ -500,14 +499,20 @@ def run_row(setup: Setup, data: ChapterData, row: str, *, face: RunResult | None
     probe = build_model(r.model, input_size=setup.input_size, width=setup.width, weights=weights,
                         face_run=face_name, load=False)
     config = train_config(setup, probe, pretrained=weights is not None)
-    name = f"{r.key}-{r.model}"
-    if seed is not None and seed != setup.seed:
+    if seed is not None:
         config = dataclasses.replace(config, seed=seed)
-        name += f"-s{seed}"
     spec = {"row": r.key, "model": r.model, "weights": weights, "width": setup.width,
             "face_run": face_name}
-    return run(_run_name(setup, name), config, build, data.train, data.val,
+    return run(row_run_name(setup, row, seed), config, build, data.train, data.val,
                eval_sets=data.eval_sets(), spec=spec, progress=progress)
+
+
+def row_run_name(setup: Setup, row: str, seed: int | None = None) -> str:
+    """The run name of row ``row`` at training seed ``seed`` (:func:`run_row`): ``-s<seed>``
+    is added for a seed other than ``setup.seed``."""
+    r = _ROWS[row]
+    suffix = "" if seed is None or seed == setup.seed else f"-s{seed}"
+    return _run_name(setup, f"{r.key}-{r.model}{suffix}")
 
 
 def run_seeds(setup: Setup, data: ChapterData, rows: Sequence[str] = ("g", "cbam"), *,

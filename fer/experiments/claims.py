@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -259,13 +259,10 @@ def cbam_claims(acc: Mapping[tuple[str, str], Mapping[str, Mapping[int, float]]]
     where = {"test": "test (FER2013 PrivateTest)", "val": "validation (FER2013 PublicTest)"}
     out = []
     for better, worse, split, metric in CBAM_CLAIMS:
-        data = acc.get((split, metric))
-        if not data or better not in data or worse not in data:
-            continue
-        a, b = _paired(data[better], data[worse])
-        claim = f"CBAM raises {names[metric]} over VGG16 + GAP (row g), {where[split]}"
-        paper = cbam_paper_gap(better, worse, split) if metric == "accuracy" else None
-        out.append({"claim": claim, "paper": paper, "verdict": claim_verdict(a, b, claim=claim)})
+        out += _paired_claims(
+            acc.get((split, metric)) or {}, [(better, worse)],
+            claim=lambda b, w: f"CBAM raises {names[metric]} over VGG16 + GAP (row g), {where[split]}",
+            paper=lambda b, w: cbam_paper_gap(b, w, split) if metric == "accuracy" else None)
     return out
 
 
@@ -290,15 +287,8 @@ def manet_raf_claims(acc: Mapping[str, Mapping[int, float]]) -> list[dict[str, A
     beats each baseline, judged by :func:`claim_verdict` on the seeds both rows ran (paired).
     ``acc``: key (``"ours"``, ``"se"``, ``"vgg"``) -> seed -> test accuracy in %. Rows for
     :func:`claims_table`."""
-    out = []
-    for better, worse in MANET_CLAIMS:
-        if better not in acc or worse not in acc:
-            continue
-        a, b = _paired(acc[better], acc[worse])
-        claim = f"{manet.MODEL_LABELS[better]} beats {manet.MODEL_LABELS[worse]} on RAF-DB (pre-trained)"
-        out.append({"claim": claim, "paper": manet_paper_gap(better, worse),
-                    "verdict": claim_verdict(a, b, claim=claim)})
-    return out
+    return _paired_claims(acc, MANET_CLAIMS, paper=manet_paper_gap, claim=lambda better, worse: (
+        f"{manet.MODEL_LABELS[better]} beats {manet.MODEL_LABELS[worse]} on RAF-DB (pre-trained)"))
 
 
 def manet_paper_gap(better: str, worse: str, table: str = "raf") -> float:
@@ -324,10 +314,10 @@ def manet_claims(raf_acc: Mapping[str, Mapping[int, float]], ck_acc: Mapping[str
     def holds(ok: bool) -> str:
         return "yes" if ok else "no"
 
-    raf = {c["claim"]: c["verdict"] for c in manet_raf_claims(raf_acc)}
+    raf = {c["pair"]: c["verdict"] for c in manet_raf_claims(raf_acc)}
 
     def raf_row(worse: str) -> dict[str, Any]:
-        v = raf[f"{manet.MODEL_LABELS['ours']} beats {manet.MODEL_LABELS[worse]} on RAF-DB (pre-trained)"]
+        v = raf[("ours", worse)]
         return {"claim": f"RAF-DB: MANet beats {manet.MODEL_LABELS[worse]} (points, mean of {v.seeds} seeds)",
                 "paper": manet_paper_gap("ours", worse), "ours": v.gain,
                 "holds": {"holds": "yes", "does not hold": "no"}.get(v.verdict, v.verdict)}
@@ -372,6 +362,23 @@ def _paired(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[list[float]
     return [a[s] for s in seeds], [b[s] for s in seeds]
 
 
+def _paired_claims(acc: Mapping[str, Mapping[int, float]], pairs: Sequence[tuple[str, str]], *,
+                   claim: Callable[[str, str], str], paper: Callable[[str, str], float | None]
+                   ) -> list[dict[str, Any]]:
+    """"``better`` beats ``worse``" for each pair of ``pairs`` that ``acc`` (row -> seed ->
+    number) has both rows of, judged by :func:`claim_verdict` on the seeds both ran (paired).
+    Rows for :func:`claims_table`, with the ``pair`` they judge."""
+    out = []
+    for better, worse in pairs:
+        if better not in acc or worse not in acc:
+            continue
+        a, b = _paired(acc[better], acc[worse])
+        text = claim(better, worse)
+        out.append({"claim": text, "pair": (better, worse), "paper": paper(better, worse),
+                    "verdict": claim_verdict(a, b, claim=text)})
+    return out
+
+
 #: MAPNet's central claims from Table 2: (from row, to row, test set column).
 MAPNET_CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("baseline", "ps", "RAF-DB"), ("ps", "mam", "RAF-DB"), ("mam", "wcl", "RAF-DB"),
@@ -388,14 +395,11 @@ def mapnet_claims(acc: Mapping[str, Mapping[int, float]], occluded: Mapping[str,
     """
     out = []
     for frm, to, column in MAPNET_CLAIMS:
-        data = acc if column == "RAF-DB" else occluded
-        if frm not in data or to not in data:
-            continue
-        a, b = _paired(data[to], data[frm])
         where = "on RAF-DB" if column == "RAF-DB" else "on occluded faces (FED-RO)"
-        claim = f"{mapnet.TABLE2_LABELS[to]} beats {mapnet.TABLE2_LABELS[frm]} {where}"
-        out.append({"claim": claim, "paper": mapnet_paper_step(frm, to, column),
-                    "verdict": claim_verdict(a, b, claim=claim)})
+        out += _paired_claims(
+            acc if column == "RAF-DB" else occluded, [(to, frm)],
+            claim=lambda better, worse: f"{mapnet.TABLE2_LABELS[better]} beats {mapnet.TABLE2_LABELS[worse]} {where}",
+            paper=lambda better, worse: mapnet_paper_step(worse, better, column))
     return out
 
 
@@ -473,15 +477,8 @@ def masked_claims(acc: Mapping[str, Mapping[int, float]]) -> list[dict[str, Any]
     ``acc``: network key (``"vgg11"``, ``"abn"``, ``"fecn"``) -> seed -> test accuracy in %.
     Rows for :func:`claims_table`.
     """
-    out = []
-    for better, worse in MASKED_CLAIMS:
-        if better not in acc or worse not in acc:
-            continue
-        a, b = _paired(acc[better], acc[worse])
-        claim = f"{_MASKED_NAMES[better]} beats {_MASKED_NAMES[worse]} on masked faces"
-        out.append({"claim": claim, "paper": masked_paper_gain(better, worse),
-                    "verdict": claim_verdict(a, b, claim=claim)})
-    return out
+    return _paired_claims(acc, MASKED_CLAIMS, paper=masked_paper_gain, claim=lambda better, worse: (
+        f"{_MASKED_NAMES[better]} beats {_MASKED_NAMES[worse]} on masked faces"))
 
 
 

@@ -83,7 +83,7 @@ from ..train import Stage, TrainConfig
 from . import _common
 from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, require_data_root
 from ._common import profile_setups as _profile_setups
-from .pretraining import PRETRAIN_TASKS, pretrain, pretrain_facts
+from .pretraining import check_task, pretrain, pretrain_facts
 
 __all__ = [
     "required_weights",
@@ -280,9 +280,7 @@ class Setup(ProfileSetup):
         object.__setattr__(self, "folds", tuple(int(f) for f in self.folds))
         if not self.seeds:
             raise ValueError("seeds needs at least one seed")
-        if self.pretrain_task not in PRETRAIN_TASKS:
-            raise ValueError(f"pretrain_task must be one of {PRETRAIN_TASKS}, got {self.pretrain_task!r} "
-                             "(book/profiles.yml, manet)")
+        check_task(self.pretrain_task, chapter="manet")
         bad = [f for f in self.folds if not 0 <= f < self.num_folds]
         if bad or not self.folds:
             raise ValueError(f"folds must be in 0..{self.num_folds - 1}, got {list(self.folds)}")

@@ -271,12 +271,10 @@ def _cbam_vgg(setup: cbam_vgg.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> 
         for row in rows:
             if row not in rows_of:
                 raise PlanError(f"{rel}: row {row!r} is not a Figure 7 row ({', '.join(rows_of)})")
-            r = rows_of[row]
             needs = [face_name] if C.row_weights(row, setup) == "synfer-face" else []
             for seed in seeds:
-                suffix = "" if seed == setup.seed else f"-s{seed}"
                 call = f"cbam_vgg.run_row(setup, load_data(setup), {row!r}, face=face, seed={seed})"
-                p.add(rel, name=C._run_name(setup, f"{r.key}-{r.model}{suffix}"), row=row, seed=seed, dataset=data,
+                p.add(rel, name=C.row_run_name(setup, row, seed), row=row, seed=seed, dataset=data,
                       train_images=n, epochs=setup.epochs, estimate=est, trainer=row_run(row, seed), needs=needs,
                       call=call)
     return list(p.runs.values())

@@ -57,9 +57,9 @@ from ..runs import RunResult, run
 from ..train import TrainConfig
 from ._common import PRETRAIN_SEED_OFFSET
 
-__all__ = ["PRETRAIN_TASKS", "LANDMARK_WEIGHT", "LANDMARKS", "task_outputs", "pretrain_faces", "pretrain_loss",
-           "identity_logits", "dlib_descriptors", "pretrain", "landmark_rmse_px", "pretrain_facts", "TASK_TEXT",
-           "facts_text"]
+__all__ = ["PRETRAIN_TASKS", "check_task", "LANDMARK_WEIGHT", "LANDMARKS", "task_outputs", "pretrain_faces",
+           "pretrain_loss", "identity_logits", "dlib_descriptors", "pretrain", "landmark_rmse_px", "pretrain_facts",
+           "TASK_TEXT", "facts_text"]
 
 #: What a pretraining run can learn (module docstring).
 PRETRAIN_TASKS: tuple[str, ...] = ("identity", "landmarks", "identity+landmarks", "dlib-distill")
@@ -70,6 +70,13 @@ LANDMARK_WEIGHT: float = 10.0
 LANDMARKS: int = 68
 _DESCRIPTOR = 128
 _DLIB_SIDE = 150
+
+
+def check_task(task: str, *, chapter: str) -> None:
+    """A ``ValueError`` naming ``book/profiles.yml``'s ``chapter`` entry when a Setup's
+    ``pretrain_task`` is not one of :data:`PRETRAIN_TASKS`."""
+    if task not in PRETRAIN_TASKS:
+        raise ValueError(f"pretrain_task must be one of {PRETRAIN_TASKS}, got {task!r} (book/profiles.yml, {chapter})")
 
 
 def task_outputs(task: str, identities: int) -> int:
