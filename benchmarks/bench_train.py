@@ -18,7 +18,7 @@ random shifts of up to ``--shift`` pixels, Adam and cross-entropy, same batch si
   ``CachedDataset`` (timed separately as the one-off decode), then
   ``fer.train.fit(..., TrainConfig(input_size=--size, hflip=True, shift=--shift,
   optimizer="adam"))``: resize, augmentation and normalisation run on the device
-  (``InputTransform``); on a GPU with fit's defaults, bf16 autocast and channels-last.
+  (``InputTransform``); with fit's defaults, channels-last, and on a GPU bf16 autocast.
 
 Four rates, in images per second: the data pipeline alone (batches ready on the
 device, no model) and training (data + forward + backward + optimizer step), for
@@ -28,7 +28,7 @@ restarts its loader workers, as a plain script's does).
 
 Reading the ratio: ``fer/reference`` above 1 means fer's path is that many times
 faster; the data ratio says how much cheaper the cached, on-device pipeline is, the
-training ratio what that (plus bf16 / channels-last on a GPU) buys end to end. On a
+training ratio what that (plus channels-last, and bf16 on a GPU) buys end to end. On a
 CPU the model dominates, so the training ratio mostly shows whether the reference's
 PIL workers, which compete with the model for the same cores, slow training down.
 Both paths run with the same ``torch.set_num_threads(--threads)``, by default half the
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(batch_size=args.batch, input_size=args.size, hflip=True, shift=shift, optimizer="adam",
                          lr=1e-3, mean=MEAN, std=STD, precision=args.precision, seed=args.seed,
                          cpu=device.type == "cpu")
-    channels_last = device.type == "cuda" if config.channels_last is None else bool(config.channels_last)
+    channels_last = True if config.channels_last is None else bool(config.channels_last)  # fit's rule
     steps_per_epoch = math.ceil(args.n / args.batch)
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
