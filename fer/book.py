@@ -1217,7 +1217,11 @@ def _cell(text: Any) -> str:
 def verdicts_markdown(results: Sequence[NotebookResult], profile: str, *, dry_run: bool = False) -> str:
     """The verdicts table (MyST Markdown) of every claim in ``results``' pages, in book order.
 
-    A dry run's table opens with a warning: its numbers mean nothing.
+    Beside each verdict: how many of the runs its evidence page names learned (issue 17
+    §2's bar). A verdict whose runs did not learn judges models that never left the
+    majority-class plateau, and says little about the paper's mechanism; the column and
+    the line under the table make that visible. A dry run's table opens with a warning:
+    its numbers mean nothing.
     """
     rows = [(r.notebook, c) for r in results for c in r.claims]
     if not rows:
@@ -1227,17 +1231,29 @@ def verdicts_markdown(results: Sequence[NotebookResult], profile: str, *, dry_ru
                 "verdicts mean nothing.", "```", ""] if dry_run else [])
     lines = [*warning, f"{len(rows)} claims tested with the `{profile}` profile: "
              + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", "",
-             "| paper | claim | the paper | ours (mean ± SE) | seeds | verdict | evidence |",
-             "|---|---|---|---|---|---|---|"]
+             "| paper | claim | the paper | ours (mean ± SE) | seeds | verdict | runs learned | evidence |",
+             "|---|---|---|---|---|---|---|---|"]
+    pages = {r.notebook: r for r in results}
+    weak = 0
     for nb, c in rows:
+        page = pages[nb]
+        learned = (f"{len(page.runs) - len(page.not_learned)} of {len(page.runs)}" if page.runs else "—")
+        weak += bool(page.not_learned)
         unit = c.get("unit", " points")
         paper = "—" if c.get("paper_value") is None else f"{c['paper_value']:+.1f}{unit}"
         link = Path(os.path.relpath(nb, VERDICTS_PAGE.parent.as_posix())).as_posix()
         name = Path(nb).with_suffix("").as_posix().removeprefix("book/")
         lines.append(f"| {_cell(c['paper'])} | {_cell(c['claim'])} | {paper} | {c['gain']:+.1f} ± {c['se']:.1f}"
-                     f"{unit} | {c['seeds']} | **{_cell(c['verdict'])}** | [{name}]({link}) |")
+                     f"{unit} | {c['seeds']} | **{_cell(c['verdict'])}** | {learned} | [{name}]({link}) |")
     rules = dict.fromkeys(c.get("rule") for _, c in rows if c.get("rule"))
     lines += ["", *(f"**The rule.** {rule}" for rule in rules)]
+    if weak:
+        lines += ["", f"**Runs that did not learn.** {weak} of {len(rows)} verdicts come from pages where some runs "
+                  "did not learn (test accuracy less than 15 points above the majority class's share, or mean "
+                  "per-class accuracy under twice chance; *runs learned* counts the runs each evidence page "
+                  "names). Such a verdict compares models that barely left the majority-class plateau: it says "
+                  "what happened at this scale, not what the paper's mechanism does. Each page lists its runs "
+                  "that did not learn in a warning box."]
     return "\n".join(lines)
 
 

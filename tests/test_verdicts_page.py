@@ -46,7 +46,8 @@ def test_the_book_gathers_claims_into_the_report_and_the_verdicts_page(tmp_path)
               C.claims_table(_claims()[1:], paper="Masked FER").data)
     assert [c["claim"] for c in book.page_claims(a)] == ["MAPNet beats the baseline | RAF-DB"]
     assert book.page_claims(_page(tmp_path / "none.ipynb", "<p>x</p>")) == []
-    results = [book.NotebookResult("book/mapnet/ablation.ipynb", "demo", {}, claims=book.page_claims(a)),
+    results = [book.NotebookResult("book/mapnet/ablation.ipynb", "demo", {}, claims=book.page_claims(a),
+                                   runs=["r1", "r2", "r3"], not_learned=["r2"]),
                book.NotebookResult("book/masked/shared.ipynb", "demo", {}, claims=book.page_claims(b))]
 
     report = book.write_report(paths, "demo", None, results, 1.0)
@@ -62,8 +63,10 @@ def test_the_book_gathers_claims_into_the_report_and_the_verdicts_page(tmp_path)
     assert book.VERDICTS_MARKER not in text and text.startswith("# Every claim the book tests")
     assert "2 claims tested with the `demo` profile: 1 holds, 1 does not hold, 0 inconclusive." in text
     assert ("| MAPNet | MAPNet beats the baseline \\| RAF-DB | +1.7 points | +2.3 ± 0.2 points | 3 | **holds** "
-            "| [mapnet/ablation](../mapnet/ablation.ipynb) |") in text
+            "| 2 of 3 | [mapnet/ablation](../mapnet/ablation.ipynb) |") in text
     assert "| Masked FER | FECN beats ABN | — |" in text and "**The rule.** A claimed gain" in text
+    assert "| **does not hold** | — | [masked/shared]" in text  # a page naming no runs
+    assert "**Runs that did not learn.** 1 of 2 verdicts come from pages where some runs did not learn" in text
 
     shutil.copy(REPO_ROOT / book.VERDICTS_PAGE, staged)  # staging copies the page afresh on every run
     book.write_verdicts_page(paths, results, "paper", dry_run=True)
