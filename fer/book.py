@@ -1223,6 +1223,8 @@ def verdicts_markdown(results: Sequence[NotebookResult], profile: str, *, dry_ru
     the line under the table make that visible. A dry run's table opens with a warning:
     its numbers mean nothing.
     """
+    from .experiments.claims import mean_se_text
+
     rows = [(r.notebook, c) for r in results for c in r.claims]
     if not rows:
         return f"*No page of this build (`{profile}` profile) tested a claim: none of the pages that test one ran.*"
@@ -1243,8 +1245,8 @@ def verdicts_markdown(results: Sequence[NotebookResult], profile: str, *, dry_ru
         paper = "—" if c.get("paper_value") is None else f"{c['paper_value']:+.1f}{unit}"
         link = Path(os.path.relpath(nb, VERDICTS_PAGE.parent.as_posix())).as_posix()
         name = Path(nb).with_suffix("").as_posix().removeprefix("book/")
-        lines.append(f"| {_cell(c['paper'])} | {_cell(c['claim'])} | {paper} | {c['gain']:+.1f} ± {c['se']:.1f}"
-                     f"{unit} | {c['seeds']} | **{_cell(c['verdict'])}** | {learned} | [{name}]({link}) |")
+        lines.append(f"| {_cell(c['paper'])} | {_cell(c['claim'])} | {paper} | {mean_se_text(c['gain'], c['se'], unit)}"
+                     f" | {c['seeds']} | **{_cell(c['verdict'])}** | {learned} | [{name}]({link}) |")
     rules = dict.fromkeys(c.get("rule") for _, c in rows if c.get("rule"))
     lines += ["", *(f"**The rule.** {rule}" for rule in rules)]
     if weak:

@@ -66,6 +66,8 @@ def test_the_book_gathers_claims_into_the_report_and_the_verdicts_page(tmp_path)
             "| 2 of 3 | [mapnet/ablation](../mapnet/ablation.ipynb) |") in text
     assert "| Masked FER | FECN beats ABN | — |" in text and "**The rule.** A claimed gain" in text
     assert "| **does not hold** | — | [masked/shared]" in text  # a page naming no runs
+    assert C.mean_se_text(2.0, float("nan")) == "+2.0 points (one seed: no SE)"
+    assert C.mean_se_text(-0.25, 0.5, "%") == "-0.2 ± 0.5%"
     assert "**Runs that did not learn.** 1 of 2 verdicts come from pages where some runs did not learn" in text
 
     shutil.copy(REPO_ROOT / book.VERDICTS_PAGE, staged)  # staging copies the page afresh on every run

@@ -28,6 +28,7 @@ __all__ = [
     "Verdict",
     "claim_verdict",
     "claim_records",
+    "mean_se_text",
     "claims_table",
     "VERDICT_RULE",
     "MIN_GAIN",
@@ -210,6 +211,13 @@ def claim_records(claims: Sequence[Mapping[str, Any]], *, paper: str) -> list[di
     return out
 
 
+def mean_se_text(gain: float, se: float, unit: str = " points") -> str:
+    """``gain`` ± ``se`` as the tables print it; with one seed there is no SE, and it says so."""
+    if not math.isfinite(se):
+        return f"{gain:+.1f}{unit} (one seed: no SE)"
+    return f"{gain:+.1f} ± {se:.1f}{unit}"
+
+
 def claims_table(claims: Sequence[Mapping[str, Any]], *, paper: str) -> Any:
     """A page's tested claims as a table, with the rule that judged them.
 
@@ -229,7 +237,7 @@ def claims_table(claims: Sequence[Mapping[str, Any]], *, paper: str) -> Any:
         return "—" if v is None else f"{v:+.1f}{unit}"
 
     def ours(r: Mapping[str, Any]) -> str:
-        return f"{r['gain']:+.1f} ± {r['se']:.1f}{r['unit']}"
+        return mean_se_text(r["gain"], r["se"], r["unit"])
 
     body = "\n".join(
         f"<tr><td>{escape(r['claim'])}</td><td>{escape(num(r['paper_value'], r['unit']))}</td>"
