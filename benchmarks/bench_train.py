@@ -65,7 +65,7 @@ from fer.models import create_model
 from fer.data.cached import CachedDataset, cache_dataset, collate_items
 from fer.data.transforms import InputTransform
 from fer.io import atomic_write_json
-from fer.train import TrainConfig, fit, make_accelerator
+from fer.train import TrainConfig, _channels_last, fit, make_accelerator
 
 MEAN = (0.5, 0.5, 0.5)  # TrainConfig's default normalisation, used by both paths
 STD = (0.5, 0.5, 0.5)
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(batch_size=args.batch, input_size=args.size, hflip=True, shift=shift, optimizer="adam",
                          lr=1e-3, mean=MEAN, std=STD, precision=args.precision, seed=args.seed,
                          cpu=device.type == "cpu")
-    channels_last = True if config.channels_last is None else bool(config.channels_last)  # fit's rule
+    channels_last = _channels_last(config, device)  # fit's own rule
     steps_per_epoch = math.ceil(args.n / args.batch)
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
