@@ -19,9 +19,10 @@ def data():
 
 
 def test_configs_differ_only_where_the_rows_do():
-    lin = P.probe_config("linear probe", epochs=2, lr=1e-3)
-    ft = P.probe_config("fine-tuned", epochs=2, lr=1e-3, finetune_scale=0.1)
-    rnd = P.probe_config("random init", epochs=2, lr=1e-3)
+    model = P.build_probe_model("random init")
+    lin = P.probe_config("linear probe", model, epochs=2, lr=1e-3)
+    ft = P.probe_config("fine-tuned", model, epochs=2, lr=1e-3, finetune_scale=0.1)
+    rnd = P.probe_config("random init", model, epochs=2, lr=1e-3)
     assert [s.trainable for s in lin.stages] == [["head"]] and not ft.stages and not rnd.stages
     assert (lin.lr, ft.lr, rnd.lr) == pytest.approx((1e-3, 1e-4, 1e-3))
     cfg = create_model("dlib_resnet", num_classes=7).pretrained_cfg
@@ -30,7 +31,7 @@ def test_configs_differ_only_where_the_rows_do():
 
 def test_unknown_row_is_refused():
     with pytest.raises(ValueError, match="row must be one of"):
-        P.probe_config("frozen", epochs=1)
+        P.probe_config("frozen", P.build_probe_model("random init"), epochs=1)
     with pytest.raises(ValueError, match="row must be one of"):
         P.build_probe_model("frozen")
 
@@ -72,3 +73,12 @@ def test_text_states_the_difference(ft, rnd, word):
     text = P.probe_text(table)
     assert word in text["finetune_vs_random"] and "one seed" in text["finetune_vs_random"]
     assert "+5.7 points from chance" in text["linear_vs_chance"]
+
+
+def test_a_dry_run_renders_only_the_faces_its_capped_runs_use(monkeypatch):
+    from fer import _dry_run
+
+    monkeypatch.setenv(_dry_run.DRY_RUN_ENV, "1")
+    table = P.probe_table(n_train=7000, n_test=1400, epochs=1, batch_size=4, image_size=SIDE, progress=False)
+    assert set(table["train images"]) == {_dry_run.STEPS * 4}
+    assert set(table["test images"]) == {_dry_run.EVAL_BATCHES * 4}

@@ -44,6 +44,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._dry_run import EVAL_BATCHES as DRY_EVAL_BATCHES
+from .._dry_run import STEPS as DRY_STEPS
+from .._dry_run import dry_run
 from ..data.cached import CachedDataset, cache_dataset
 from ..data.synfer import SynFER
 from ..models import create_model
@@ -72,12 +75,13 @@ def probe_data(variant: str, split: str, *, n: int, seed: int, image_size: int =
     return cache_dataset(ds, progress=progress, desc=f"render {variant}/{split} ({image_size} px)")
 
 
-def probe_config(row: str, *, epochs: int, lr: float = 1e-3, finetune_scale: float = 0.1, batch_size: int = 32,
-                 seed: int = 0, image_size: int = DLIB_SIDE) -> TrainConfig:
-    """Row ``row``'s training: Adam, flips, dlib's normalisation; the linear probe trains
+def probe_config(row: str, model: nn.Module, *, epochs: int, lr: float = 1e-3, finetune_scale: float = 0.1,
+                 batch_size: int = 32, seed: int = 0, image_size: int = DLIB_SIDE) -> TrainConfig:
+    """Row ``row``'s training of ``model`` (:func:`build_probe_model`): Adam, flips, the
+    normalisation its ``pretrained_cfg`` names (dlib's input layer); the linear probe trains
     only the classifier (one :class:`fer.train.Stage` with ``trainable=["head"]``)."""
     _check_row(row)
-    cfg = create_model("dlib_resnet", pretrained=False, num_classes=7).pretrained_cfg
+    cfg = model.pretrained_cfg
     rate = lr * finetune_scale if row == "fine-tuned" else lr
     stages = [Stage(epochs=epochs, trainable=[_HEAD], name="head")] if row == "linear probe" else []
     return TrainConfig(epochs=epochs, batch_size=batch_size, optimizer="adam", lr=rate, hflip=True,
@@ -99,7 +103,7 @@ def train_probe(row: str, train: CachedDataset, test: CachedDataset, *, epochs: 
     torch.manual_seed(seed)
     model = build_probe_model(row, num_classes=len(train.classes or []) or 7, weights_path=weights_path)
     side = int(train[0]["image"].shape[-1])
-    config = probe_config(row, epochs=epochs, lr=lr, finetune_scale=finetune_scale, batch_size=batch_size,
+    config = probe_config(row, model, epochs=epochs, lr=lr, finetune_scale=finetune_scale, batch_size=batch_size,
                           seed=seed, image_size=side)
     start = time.perf_counter()
     fit(model, train, None, config, progress=progress)
@@ -113,7 +117,11 @@ def probe_table(*, variant: str = "clean", n_train: int, n_test: int, epochs: in
                 finetune_scale: float = 0.1, batch_size: int = 32, seed: int = 0, image_size: int = DLIB_SIDE,
                 progress: bool = True) -> pd.DataFrame:
     """One row per :data:`PROBE_ROWS` entry: start, what trains, accuracy, mean per-class
-    accuracy, chance (1/7: classes are drawn with equal probability), train seconds, images."""
+    accuracy, chance (1/7: classes are drawn with equal probability), train seconds, images.
+    In the book's dry run it renders only the faces the capped runs train on and score
+    (as :func:`fer.data.synfer.difficulty.difficulty_table` does)."""
+    if dry_run():
+        n_train, n_test = min(n_train, DRY_STEPS * batch_size), min(n_test, DRY_EVAL_BATCHES * batch_size)
     train = probe_data(variant, "train", n=n_train, seed=seed, image_size=image_size, progress=progress)
     test = probe_data(variant, "test", n=n_test, seed=seed, image_size=image_size, progress=progress)
     records = []
