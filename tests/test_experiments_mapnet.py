@@ -68,6 +68,16 @@ def test_setup_validation():
         E.Setup(optimizer="rmsprop")
     s = E.Setup.from_params(profile="demo", seeds=[0, 1, 2], alpha_values=[0.4, 0.8], n_show=3)
     assert s.seeds == (0, 1, 2) and s.alpha_values == (0.4, 0.8) and s.seed == 0
+    # the SynFER trunk pretraining stands in for ImageNet: not with real data, not beside ImageNet weights
+    with pytest.raises(ValueError, match="pretrain_task: null"):
+        E.Setup(profile="paper", pretrained=True)
+    with pytest.raises(ValueError, match="pretrain_task must be one of"):
+        E.Setup(pretrain_task="imagenet")
+    assert "pretrained on SynFER to regress the 68 landmarks" in E.Setup().model_scale()
+    assert E.Setup(pretrain_task=None).model_scale().endswith("(from scratch)")
+    assert E.profile_setups()["paper"].model_scale().endswith("(ImageNet weights)")
+    with pytest.raises(ValueError, match="no pretraining"):
+        E.trunk_pretrain(E.Setup(pretrain_task=None))
 
 
 def test_ablation_rows_switch_the_model_and_the_loss():
@@ -110,6 +120,19 @@ def test_tiny_run_trains_once_then_loads(tmp_path, monkeypatch):
     first = E.run_row(s, data, "mam", progress=False)  # 32 faces may miss a class: no class weights here
     again = E.run_row(s, data, "mam", progress=False)
     assert not first.cached and again.cached
+    # both trunks start from the one cached trunk pretraining (the ImageNet stand-in), named in the spec
+    trunk = E.trunk_pretrain(s, progress=False)
+    assert trunk.cached and first.run.spec["spec"]["trunk_run"] == trunk.path.name
+    start = E.build_model(trunk_run=trunk.path.name, **E.row_model_kwargs(s, "mam"))
+    for branch in (start.main, start.aux):
+        assert torch.equal(branch.layer3[0].conv1.weight, trunk.model.features["layer3"][0].conv1.weight)
+    facts = E.trunk_facts(s, trunk)
+    assert facts["task"] == "landmarks" and facts["rmse_px"] > 0 and facts["mean_shape_rmse_px"] > 0
+    assert "a landmark error of" in E.trunk_text(s, trunk) and "ImageNet" in E.trunk_text(s, trunk)
+    assert "random weights" in E.trunk_text(E.Setup(pretrain_task=None))
+    assert "ImageNet weights" in E.trunk_text(E.profile_setups()["paper"])
+    with pytest.raises(ValueError, match="trunk_pretrain run"):
+        E.trunk_text(s)
     assert again.metrics["test"]["accuracy"] == first.metrics["test"]["accuracy"]
     assert {"test", "occluded"} <= set(first.metrics)
     t2 = E.table2({"mam": [first]})

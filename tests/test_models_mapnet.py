@@ -177,3 +177,23 @@ def test_backbone_errors_and_offline_pretrained(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: the (refused) download is needed
     with pytest.raises(RuntimeError, match=r"resnet18-f37072fd\.pth"):
         create_model("mapnet", backbone="resnet18", pretrained=True)
+
+
+def test_load_trunks_starts_both_branches_from_one_pretrained_trunk():
+    from fer.models.mapnet import TRUNK_MODULES, TrunkNet, load_trunks
+
+    torch.manual_seed(0)
+    kw = dict(backbone="resnet10", width=0.125, last_stride=1, stem="resnet")
+    pre = TrunkNet(136, **kw)
+    assert pre(torch.randn(2, 3, 48, 48)).shape == (2, 136)
+    model = MapNet(num_classes=7, img_size=48, **kw)
+    head = {k: v.clone() for k, v in model.main.head.state_dict().items()}
+    load_trunks(model, pre.features.state_dict())
+    for branch in model.branches():
+        for name in TRUNK_MODULES:
+            for (k, got), want in zip(getattr(branch, name).state_dict().items(),
+                                      pre.features[name].state_dict().values()):
+                assert torch.equal(got, want), (name, k)
+    assert all(torch.equal(v, head[k]) for k, v in model.main.head.state_dict().items())  # heads keep their start
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a trunk of another width is refused
+        load_trunks(MapNet(num_classes=7, img_size=48, **{**kw, "width": 0.25}), pre.features.state_dict())

@@ -53,6 +53,7 @@ def test_smoke_plan_lists_every_run_the_smoke_pages_train(smoke_plan):
     want |= {mapnet.run_name(s, "wcl", seed=seed, alpha=a) for a in s.alpha_values for seed in s.sweep_seeds}
     assert knobs["book/mapnet/comparison.ipynb"]["affectnet"] and not knobs["book/mapnet/comparison.ipynb"]["joint"]
     want.add(mapnet.run_name(s, "wcl", dataset="affectnet", seed=s.seed))
+    want.add("mapnet-smoke-trunk-pretrain")  # the ImageNet stand-in every row starts from
     assert _names(smoke_plan, "mapnet") == want
     # msanet: every row on both datasets, each seed
     s = msanet.Setup.for_profile("smoke")

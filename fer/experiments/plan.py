@@ -378,9 +378,15 @@ def _mapnet_size(setup: mapnet.Setup, dataset: str) -> tuple[int, bool]:
 
 def _mapnet(setup: mapnet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list[PlannedRun]:
     """ablation (``rows`` x seeds, the K and alpha sweeps), attention (MAPNet), comparison (RAF-DB,
-    AffectNet with ``affectnet``, AffectNet + RAF-DB with ``joint``) and gradcam (every row)."""
+    AffectNet with ``affectnet``, AffectNet + RAF-DB with ``joint``) and gradcam (every row), plus
+    the trunk pretraining (the ImageNet stand-in) every row starts from when ``pretrain_task`` is set."""
     E = mapnet
     p = _Planner("mapnet", knobs)
+    trunk_name = E._trunk_name(setup)
+    needs = [trunk_name] if setup.pretrain_task is not None else []
+
+    def trunk(ctx: _Context) -> RunResult:
+        return ctx.once(trunk_name, lambda: E.trunk_pretrain(setup, progress=ctx.progress))
 
     def trainer_of(row: str, seed: int, blocks: int | None, alpha: float | None, dataset: str
                    ) -> Callable[[_Context], RunResult]:
@@ -401,9 +407,13 @@ def _mapnet(setup: mapnet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
                        if v is not None)
         source = (f"SynFER {'affectnet' if dataset == 'affectnet' else 'wild'}" if setup.synthetic
                   else E.TRAINING_SETS[dataset])
+        if needs:
+            p.add(rel, name=trunk_name, row="trunk-pretrain", seed=setup.seed,
+                  dataset=f"SynFER wild {setup.pretrain_task}", train_images=setup.pretrain_n,
+                  epochs=setup.pretrain_epochs, estimate=False, trainer=trunk, call="mapnet.trunk_pretrain(setup)")
         p.add(rel, name=E.run_name(setup, row, dataset=dataset, seed=seed, blocks=blocks, alpha=alpha), row=what,
               seed=seed, dataset=source, train_images=n, epochs=setup.epochs, estimate=est,
-              trainer=trainer_of(row, seed, blocks, alpha, dataset),
+              trainer=trainer_of(row, seed, blocks, alpha, dataset), needs=needs,
               call=f"mapnet.run_row(setup, load_data(setup, {dataset!r}), {row!r}{args}, dataset={dataset!r})")
 
     rel, k = p.page("ablation")

@@ -194,7 +194,7 @@ def pretrain_facts(setup: Any, result: RunResult, *, task: str, variant: str, se
     ``epochs``, and the task's held-out score beside what knowing nothing scores.
 
     ``identity``: ``accuracy`` and ``chance`` (1 / identities). ``landmarks``: ``rmse_px``
-    (:func:`landmark_rmse_px` at ``setup.input_size``) and ``mean_shape_rmse_px``, the error
+    (:func:`landmark_rmse_px` at ``setup.input_size``, else the faces' stored side) and ``mean_shape_rmse_px``, the error
     of answering every face with the training faces' mean landmarks (the same faces,
     re-read from the dataset cache). Other tasks: ``val_loss``.
     """
@@ -208,8 +208,9 @@ def pretrain_facts(setup: Any, result: RunResult, *, task: str, variant: str, se
                                             seed=seed, progress=progress, **synfer_kw)
         mean = train.tensors["landmarks"].mean(0)
         mse = float(((held_out.tensors["landmarks"] - mean) ** 2).mean())
-        facts.update(rmse_px=landmark_rmse_px(float(val.get("loss")), setup.input_size),
-                     mean_shape_rmse_px=landmark_rmse_px(LANDMARK_WEIGHT * mse, setup.input_size))
+        side = setup.input_size or int(train.images.shape[-1])  # no input_size: the model saw the stored side
+        facts.update(rmse_px=landmark_rmse_px(float(val.get("loss")), side),
+                     mean_shape_rmse_px=landmark_rmse_px(LANDMARK_WEIGHT * mse, side))
     return facts
 
 

@@ -83,7 +83,10 @@ last input channel, so Grad-CAM sees one input and one logits tensor.
    convolution and a 2 x 2 max pool instead of ResNet's 7 x 7 / 2 and 3 x 3 / 2 pool, as
    CIFAR-style ResNets do for small inputs) and ``last_stride=1`` (as in PCB) to keep a
    ``layer4`` map tall and wide enough to split at small inputs. The paper's model is
-   ``backbone="resnet50", width=1, last_stride=2, stem="resnet"``.
+   ``backbone="resnet50", width=1, last_stride=2, stem="resnet"``. Where ImageNet
+   weights cannot load, a :class:`TrunkNet` (one trunk, pooled, a linear head) is
+   pretrained on another task and :func:`load_trunks` copies its trunk into both
+   branches (:mod:`fer.experiments.mapnet` does so on SynFER).
 
 .. note::
    **ReLUs.** torchvision's ResNet ReLUs are in-place; the attention's ReLU is a
@@ -119,6 +122,9 @@ __all__ = [
     "mask_forward",
     "block_weights",
     "make_resnet_trunk",
+    "TrunkNet",
+    "TRUNK_MODULES",
+    "load_trunks",
     "mapnet",
     "mapnet_baseline",
 ]
@@ -516,6 +522,53 @@ class MaskChannelInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x[:, :-1], x[:, -1:]).logits
+
+
+# --------------------------------------------------------------------------- trunk pretraining
+
+#: The modules of a trunk, as :func:`make_resnet_trunk` names them and every branch holds them.
+TRUNK_MODULES: Tuple[str, ...] = ("stem",) + _STAGES
+
+
+class TrunkNet(nn.Module):
+    """One MAPNet trunk (:func:`make_resnet_trunk`), global average pooling and a linear head.
+
+    What a pretraining trains when no ImageNet weights can load (the book's SynFER
+    profiles): ``features`` is the trunk, keyed as :func:`load_trunks` reads it. Keyword
+    arguments go to :func:`make_resnet_trunk` (``backbone``, ``width``, ``last_stride``,
+    ``stem``); the head has ``num_classes`` outputs (logits, or a regression target).
+    """
+
+    def __init__(self, num_classes: int, *, backbone: Backbone = "resnet10", width: float = 1.0,
+                 last_stride: int = 2, stem: Literal["resnet", "small"] = "resnet") -> None:
+        super().__init__()
+        self.features = make_resnet_trunk(backbone, width=width, last_stride=last_stride, stem=stem)
+        self.num_features = _trunk_channels(self.features)
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.features["layer4"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in TRUNK_MODULES:
+            x = self.features[name](x)
+        return self.head(x.mean((2, 3)))
+
+
+def load_trunks(model: MapNet, trunk_state: Dict[str, torch.Tensor]) -> MapNet:
+    """Load one trunk's weights into every branch of ``model`` (both trunks start alike).
+
+    ``trunk_state``: a :class:`TrunkNet`'s ``features`` state dict (keys ``stem.0.weight``,
+    ``layer1.0.conv1.weight``, ...). Every trunk tensor must be there with its shape (a
+    ``RuntimeError`` from :meth:`~torch.nn.Module.load_state_dict` otherwise: pretrain the
+    same ``backbone``, ``width``, ``last_stride`` and ``stem``); the heads and attention
+    keep their fresh weights.
+    """
+    for branch in model.branches():
+        trunk = nn.ModuleDict({name: getattr(branch, name) for name in TRUNK_MODULES})
+        trunk.load_state_dict(trunk_state)
+    return model
 
 
 # --------------------------------------------------------------------------- builders
