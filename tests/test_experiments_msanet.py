@@ -43,9 +43,10 @@ def test_paper_profile_follows_the_text_res2net_hierarchy(monkeypatch):
     """Issue 15 section 4.5: the paper profile (book/profiles.yml and Setup's own default for it) builds
     Res2Net's hierarchy, each subset attaining a larger receptive field; the SynFER profiles keep eq. (1)."""
     setups = M.profile_setups()
-    assert setups["paper"].hierarchy == "res2net" and M.Setup(profile="paper").hierarchy == "res2net"
+    assert setups["paper"].hierarchy == "res2net" and M.Setup(profile="paper", pretrain_task=None).hierarchy == "res2net"
     assert setups["smoke"].hierarchy == setups["demo"].hierarchy == "equation"
-    assert M.Setup(profile="paper", hierarchy="equation").hierarchy == "equation"  # the ablation stays possible
+    # the ablation stays possible
+    assert M.Setup(profile="paper", hierarchy="equation", pretrain_task=None).hierarchy == "equation"
     captured = {}
     monkeypatch.setattr(M, "run", lambda name, config, build, *a, spec=None, **k: captured.update(build=build,
                                                                                                   spec=spec))
@@ -61,7 +62,7 @@ def paper_setup(**kw) -> M.Setup:
     return M.Setup(profile="paper", data_root=None, n_train=None, n_test=None, input_size=p["input_size"], width=1.0,
                    epochs=30, batch_size=p["batch_size"], optimizer=p["optimizer"], lr=p["lr"],
                    momentum=p["momentum"], step_size=p["step_size"], gamma=p["gamma"], beta=p["beta"], seeds=(0,),
-                   pretrained=True, device="cpu", **kw)
+                   pretrained=True, pretrain_task=None, device="cpu", **kw)
 
 
 def test_paper_profile_config_is_the_papers():
@@ -84,6 +85,17 @@ def test_setup_checks_and_from_params():
         M.Setup(crop=0)
     with pytest.raises(ValueError, match="optimizer"):
         M.Setup(optimizer="rmsprop")
+    # the SynFER pretraining stands in for ImageNet: not with real data, not beside ImageNet weights
+    with pytest.raises(ValueError, match="pretrain_task: null"):
+        M.Setup(profile="paper", pretrained=True)
+    with pytest.raises(ValueError, match="pretrain_task must be one of"):
+        M.Setup(pretrain_task="imagenet")
+    assert "pretrained on SynFER to regress the 68 landmarks" in M.Setup().scale()
+    assert "from scratch" in M.Setup(pretrain_task=None).scale()
+    assert "random weights" in M.trunk_text(M.Setup(pretrain_task=None))
+    assert "ImageNet ResNet-18" in M.trunk_text(M.profile_setups()["paper"])
+    with pytest.raises(ValueError, match="no pretraining"):
+        M.trunk_pretrain(M.Setup(pretrain_task=None))
     s = M.Setup.from_params(profile="demo", seeds=[0, 1, 2], affectnet_seeds=[0], n_show=8, lr=0.01)
     assert s.seeds == (0, 1, 2) and s.seeds_for("affectnet") == (0,) and s.seeds_for("raf") == (0, 1, 2)
     with pytest.raises(ValueError, match="dataset"):
@@ -129,6 +141,16 @@ def test_tiny_row_trains_once_then_loads_from_cache(tmp_path, monkeypatch):
     first = M.run_row(setup, aff, "full", progress=False)
     again = M.run_row(setup, aff, "full", progress=False)
     assert not first.cached and again.cached and again.path == first.path
+    # every row starts from the one cached SynFER pretraining, where ImageNet's weights would go
+    trunk = M.trunk_pretrain(setup, progress=False)
+    assert trunk.cached and first.run.spec["spec"]["trunk_run"] == trunk.path.name
+    pre = trunk.model.state_dict()
+    base = M.build_model("baseline", input_size=32, width=0.125, trunk_run=trunk.path.name)
+    assert torch.equal(base.stem.layer2[0].conv1.weight, pre["layer2.0.conv1.weight"])
+    assert torch.equal(base.layer4[1].conv2.weight, pre["layer4.1.conv2.weight"])
+    full = M.build_model("full", input_size=32, width=0.125, trunk_run=trunk.path.name)
+    assert torch.equal(full.stem.conv1.weight, pre["conv1.weight"])
+    assert "a landmark error of" in M.trunk_text(setup, trunk)
     assert again.metrics["test"]["accuracy"] == first.metrics["test"]["accuracy"]
     assert "BetaCrossEntropy" in str(first.run.record["spec"]["loss_fn"])
     m = M.subset_metrics(first)

@@ -183,3 +183,22 @@ def test_zero_init_last_makes_every_residual_block_an_identity_at_start():
     b = create_model("msanet_baseline", width=0.125, zero_init_last=True)
     assert (b.layer4[1].bn2.weight == 0).all() and (b.stem.layer1[0].bn2.weight == 0).all()
     assert (create_model("msanet", width=0.125).branches[0].blocks[0].bn3.weight == 1).all()
+
+
+def test_load_resnet18_fills_where_imagenet_weights_go():
+    from fer.models.msanet import load_resnet18, resnet18_classifier
+
+    torch.manual_seed(0)
+    pre = resnet18_classifier(136, width=0.125)
+    assert pre(torch.randn(2, 3, 32, 32)).shape == (2, 136)
+    state = pre.state_dict()
+    full = create_model("msanet", width=0.125, img_size=32)
+    branch = {k: v.clone() for k, v in full.branches.state_dict().items()}
+    load_resnet18(full, state)
+    assert all(torch.equal(v, state[k]) for k, v in full.stem.state_dict().items())  # stem.<name> = <name>
+    assert all(torch.equal(v, branch[k]) for k, v in full.branches.state_dict().items())  # branches keep theirs
+    base = load_resnet18(create_model("msanet_baseline", width=0.125, img_size=32), state)
+    assert torch.equal(base.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
+    assert torch.equal(base.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a network of another width is refused
+        load_resnet18(create_model("msanet", width=0.25, img_size=32), state)

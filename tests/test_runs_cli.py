@@ -58,7 +58,10 @@ def test_smoke_plan_lists_every_run_the_smoke_pages_train(smoke_plan):
     # msanet: every row on both datasets, each seed
     s = msanet.Setup.for_profile("smoke")
     assert _names(smoke_plan, "msanet") == {f"msanet-smoke-{d}-{row}-s{seed}" for d in msanet.DATASETS
-                                            for seed in s.seeds_for(d) for row in msanet.ROWS}
+                                            for seed in s.seeds_for(d) for row in msanet.ROWS} | {
+                                                "msanet-smoke-trunk-pretrain"}
+    assert all(r.needs == ("msanet-smoke-trunk-pretrain",) for r in smoke_plan
+               if r.chapter == "msanet" and r.row != "trunk-pretrain")
     # manet: Table 3 (pre-trained and scratch, raf.ipynb's defaults), the ground-truth masks, each CK+ fold
     s = manet.Setup.for_profile("smoke")
     ck = [r for r in smoke_plan if r.chapter == "manet" and r.fold is not None]

@@ -108,7 +108,7 @@ from ..train import TrainConfig
 from . import _common
 from ._common import ChapterSplits, ProfileSetup, random_subset, require_data_root, stratified_indices
 from ._common import profile_setups as _profile_setups
-from .pretraining import TASK_TEXT, check_task, facts_text, pretrain, pretrain_facts
+from .pretraining import check_stand_in, pretrain, pretrain_facts, stand_in_phrase, stand_in_text
 
 __all__ = [
     "required_weights",
@@ -307,11 +307,7 @@ class Setup(ProfileSetup):
         if self.pretrained and self.profile != "paper":
             raise ValueError("pretrained (ImageNet) trunks belong to the paper profile; the SynFER profiles start "
                              "from pretrain_task (book/profiles.yml, mapnet)")
-        if self.pretrain_task is not None:
-            if not self.synthetic or self.pretrained:
-                raise ValueError("pretrain_task is the SynFER profiles' stand-in for ImageNet; with real data or "
-                                 "pretrained=true set pretrain_task: null (book/profiles.yml, mapnet)")
-            check_task(self.pretrain_task, chapter="mapnet")
+        check_stand_in(self, chapter="mapnet")
 
     @property
     def synthetic(self) -> bool:
@@ -332,8 +328,7 @@ class Setup(ProfileSetup):
         if self.pretrained:
             return "ImageNet weights"
         if self.pretrain_task is not None:
-            return (f"both from one trunk pretrained on SynFER to {TASK_TEXT[self.pretrain_task]}, "
-                    f"the stand-in for ImageNet").format(identities=self.pretrain_identities)
+            return f"both from one trunk {stand_in_phrase(self.pretrain_task, self.pretrain_identities)}"
         return "from scratch"
 
     def scale(self, data: ChapterData | None = None) -> str:
@@ -540,10 +535,8 @@ def trunk_text(setup: Setup, trunk: RunResult | None = None) -> str:
         return "Both trunks start from random weights (no pretraining in this profile)."
     if trunk is None:
         raise ValueError("pass the trunk_pretrain run this setup's rows start from")
-    text = facts_text(trunk_facts(setup, trunk))
-    return (f"Both trunks of every row start from one {setup.backbone} trunk pretrained on SynFER wild faces "
-            f"{text['task']}, which reached {text['score']} on held-out faces ({text['baseline']}). It stands "
-            f"in for the paper's ImageNet weights: a face task that SynFER labels exactly, not ImageNet's objects.")
+    return stand_in_text(trunk_facts(setup, trunk), what="Both trunks of every row", network=f"{setup.backbone} trunk",
+                         variant="wild")
 
 
 def build_model(pretrained: bool = False, trunk_run: str | None = None, **kwargs: Any) -> nn.Module:

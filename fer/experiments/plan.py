@@ -226,6 +226,21 @@ class _Planner:
                                      estimate=estimate, pages=(page,), needs=tuple(needs), call=call,
                                      trainer=trainer)
 
+    def add_trunk(self, page: str, setup: Any, module: Any, *, seed: int) -> list[str]:
+        """``module``'s SynFER trunk pretraining (``module.trunk_pretrain(setup)``, the ImageNet
+        stand-in) on ``page`` when ``setup.pretrain_task`` is set: the ``needs`` of its rows."""
+        if setup.pretrain_task is None:
+            return []
+        name = module._trunk_name(setup)
+
+        def trainer(ctx: _Context) -> RunResult:
+            return ctx.once(name, lambda: module.trunk_pretrain(setup, progress=ctx.progress))
+
+        self.add(page, name=name, row="trunk-pretrain", seed=seed, dataset=f"SynFER wild {setup.pretrain_task}",
+                 train_images=setup.pretrain_n, epochs=setup.pretrain_epochs, estimate=False, trainer=trainer,
+                 call=f"{self.chapter}.trunk_pretrain(setup)")
+        return [name]
+
 
 def _size(n: int | None, dataset: str, split: str = "train") -> tuple[int, bool]:
     """``n`` faces when the Setup says, else the published size (an estimate)."""
@@ -382,11 +397,6 @@ def _mapnet(setup: mapnet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
     the trunk pretraining (the ImageNet stand-in) every row starts from when ``pretrain_task`` is set."""
     E = mapnet
     p = _Planner("mapnet", knobs)
-    trunk_name = E._trunk_name(setup)
-    needs = [trunk_name] if setup.pretrain_task is not None else []
-
-    def trunk(ctx: _Context) -> RunResult:
-        return ctx.once(trunk_name, lambda: E.trunk_pretrain(setup, progress=ctx.progress))
 
     def trainer_of(row: str, seed: int, blocks: int | None, alpha: float | None, dataset: str
                    ) -> Callable[[_Context], RunResult]:
@@ -407,10 +417,7 @@ def _mapnet(setup: mapnet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
                        if v is not None)
         source = (f"SynFER {'affectnet' if dataset == 'affectnet' else 'wild'}" if setup.synthetic
                   else E.TRAINING_SETS[dataset])
-        if needs:
-            p.add(rel, name=trunk_name, row="trunk-pretrain", seed=setup.seed,
-                  dataset=f"SynFER wild {setup.pretrain_task}", train_images=setup.pretrain_n,
-                  epochs=setup.pretrain_epochs, estimate=False, trainer=trunk, call="mapnet.trunk_pretrain(setup)")
+        needs = p.add_trunk(rel, setup, E, seed=setup.seed)
         p.add(rel, name=E.run_name(setup, row, dataset=dataset, seed=seed, blocks=blocks, alpha=alpha), row=what,
               seed=seed, dataset=source, train_images=n, epochs=setup.epochs, estimate=est,
               trainer=trainer_of(row, seed, blocks, alpha, dataset), needs=needs,
@@ -442,7 +449,8 @@ def _mapnet(setup: mapnet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
 
 def _msanet(setup: msanet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list[PlannedRun]:
     """ablation (every row x dataset x seed), comparison (MSA-Net per dataset) and explain
-    (baseline and MSA-Net on RAF-DB)."""
+    (baseline and MSA-Net on RAF-DB), plus the trunk pretraining every row starts from when
+    ``pretrain_task`` is set."""
     S = msanet
     p = _Planner("msanet", knobs)
 
@@ -458,9 +466,10 @@ def _msanet(setup: msanet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
         if setup.n_train is not None:
             n, est = (setup.n_train, False) if setup.synthetic else (min(n, setup.n_train), setup.n_train > n)
         info = S.DATASETS[dataset]
+        needs = p.add_trunk(rel, setup, S, seed=setup.data_seed)
         p.add(rel, name=f"msanet-{setup.profile}-{dataset}-{row}-s{seed}", row=row, seed=seed,
               dataset=info.stand_in if setup.synthetic else info.paper_name, train_images=n, epochs=setup.epochs,
-              estimate=est, trainer=trainer_of(dataset, row, seed),
+              estimate=est, trainer=trainer_of(dataset, row, seed), needs=needs,
               call=f"msanet.run_row(setup, load_data(setup, {dataset!r}), {row!r}, seed={seed})")
 
     rel, _ = p.page("ablation")

@@ -59,7 +59,7 @@ from ._common import PRETRAIN_SEED_OFFSET
 
 __all__ = ["PRETRAIN_TASKS", "check_task", "LANDMARK_WEIGHT", "LANDMARKS", "task_outputs", "pretrain_faces",
            "pretrain_loss", "identity_logits", "dlib_descriptors", "pretrain", "landmark_rmse_px", "pretrain_facts",
-           "TASK_TEXT", "facts_text"]
+           "TASK_TEXT", "facts_text", "check_stand_in", "stand_in_phrase", "stand_in_text"]
 
 #: What a pretraining run can learn (module docstring).
 PRETRAIN_TASKS: tuple[str, ...] = ("identity", "landmarks", "identity+landmarks", "dlib-distill")
@@ -221,6 +221,34 @@ TASK_TEXT: dict[str, str] = {
     "identity+landmarks": "tell {identities} SynFER people apart and regress their 68 landmarks",
     "dlib-distill": "reproduce dlib's face-recognition descriptors",
 }
+
+
+def check_stand_in(setup: Any, *, chapter: str) -> None:
+    """A ``ValueError`` naming ``book/profiles.yml``'s ``chapter`` entry when a Setup asks for a
+    SynFER pretraining (``pretrain_task``) where it has no place: with real data, or beside
+    the real ``pretrained`` weights. ``pretrain_task=None`` (no pretraining) always passes."""
+    if setup.pretrain_task is None:
+        return
+    if not setup.synthetic or setup.pretrained:
+        raise ValueError(f"pretrain_task is the SynFER profiles' stand-in for pretrained weights; with real data or "
+                         f"pretrained=true set pretrain_task: null (book/profiles.yml, {chapter})")
+    check_task(setup.pretrain_task, chapter=chapter)
+
+
+def stand_in_phrase(task: str, identities: int, *, stand_in: str = "ImageNet") -> str:
+    """``"pretrained on SynFER to <task>, the stand-in for <stand_in>"`` for a banner's model scale."""
+    return f"pretrained on SynFER to {TASK_TEXT[task].format(identities=identities)}, the stand-in for {stand_in}"
+
+
+def stand_in_text(facts: Mapping[str, Any], *, what: str, network: str, variant: str,
+                  stand_in: str = "ImageNet") -> str:
+    """A page's sentence on a SynFER pretraining (:func:`pretrain_facts` ``facts``): ``what``
+    (e.g. ``"Both trunks of every row"``) start from one ``network`` pretrained on SynFER
+    ``variant`` faces, its held-out score, and what it stands in for."""
+    text = facts_text(facts)
+    return (f"{what} start from one {network} pretrained on SynFER {variant} faces {text['task']}, which reached "
+            f"{text['score']} on held-out faces ({text['baseline']}). It stands in for the paper's {stand_in} "
+            f"weights: a face task that SynFER labels exactly, not {stand_in}'s images.")
 
 
 def facts_text(facts: Mapping[str, Any]) -> dict[str, str]:

@@ -79,7 +79,10 @@ the classifier start from scratch.
    **Width** (not in the paper). ``width`` multiplies the ResNet-18 channels
    (64/128/256/512), built from torchvision's ``BasicBlock``; the branches follow the
    pre-extractor's channels. It exists so that the book's CPU profiles can train; ImageNet
-   weights exist for ``width=1`` only.
+   weights exist for ``width=1`` only. Where they cannot load, :func:`resnet18_classifier`
+   (the same ResNet-18 at any width, with a head of any size) is pretrained on another
+   task, and :func:`load_resnet18` puts its weights where ImageNet's would go
+   (:mod:`fer.experiments.msanet` does so on SynFER).
 """
 from __future__ import annotations
 
@@ -108,6 +111,8 @@ __all__ = [
     "MsaNet",
     "ResNetBaseline",
     "resnet18_trunk",
+    "resnet18_classifier",
+    "load_resnet18",
     "paper_cbam",
     "msanet",
     "msanet_as",
@@ -284,6 +289,30 @@ def resnet18_trunk(in_chans: int = 3, width: float = 1.0, pretrained: bool = Fal
         with torch.no_grad():
             tv.conv1.weight.copy_(adapt_input_conv(in_chans, old.weight))
     return tv
+
+
+def resnet18_classifier(num_classes: int, *, width: float = 1.0) -> torchvision.models.ResNet:
+    """:func:`resnet18_trunk` at ``width`` with a ``num_classes``-wide ``fc``: what a pretraining
+    trains in place of ImageNet; :func:`load_resnet18` reads its state dict."""
+    tv = resnet18_trunk(3, width)
+    tv.fc = nn.Linear(_scaled(width)[4], num_classes)
+    return tv
+
+
+_PRE_EXTRACTOR = ("conv1", "bn1", "layer1", "layer2")
+
+
+def load_resnet18(model: nn.Module, state: Dict[str, torch.Tensor]) -> nn.Module:
+    """Load a torchvision-named ResNet-18 ``state`` (e.g. of :func:`resnet18_classifier`) where
+    ``pretrained=True`` puts ImageNet's: the pre-extractor (``model.stem``), and for
+    :class:`ResNetBaseline` ``layer3`` and ``layer4`` too. Branches and classifier keep their
+    start. A missing or mis-shaped tensor is a ``RuntimeError`` (pretrain the same ``width``)."""
+    model.stem.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in _PRE_EXTRACTOR})
+    if isinstance(model, ResNetBaseline):
+        for name in ("layer3", "layer4"):
+            getattr(model, name).load_state_dict({k[len(name) + 1:]: v for k, v in state.items()
+                                                  if k.startswith(f"{name}.")})
+    return model
 
 
 def _stem_of(tv: torchvision.models.ResNet) -> nn.Sequential:
