@@ -10,6 +10,7 @@ import torch
 
 from fer.experiments import mapnet as E
 from fer.experiments._common import stratified_indices
+from fer.experiments.pretraining import backbone_facts
 from fer.losses import MapNetLoss
 
 import fixtures_datasets as fx  # tests/ helper module (pytest puts tests/ on sys.path)
@@ -126,12 +127,12 @@ def test_tiny_run_trains_once_then_loads(tmp_path, monkeypatch):
     start = E.build_model(trunk_run=trunk.path.name, **E.row_model_kwargs(s, "mam"))
     for branch in (start.main, start.aux):
         assert torch.equal(branch.layer3[0].conv1.weight, trunk.model.features["layer3"][0].conv1.weight)
-    facts = E.trunk_facts(s, trunk)
+    facts = backbone_facts(s, trunk, seed=s.seed, image_size=s.image_size)
     assert facts["task"] == "landmarks" and facts["rmse_px"] > 0 and facts["mean_shape_rmse_px"] > 0
     assert "a landmark error of" in E.trunk_text(s, trunk) and "ImageNet" in E.trunk_text(s, trunk)
     assert "random weights" in E.trunk_text(E.Setup(pretrain_task=None))
     assert "ImageNet weights" in E.trunk_text(E.profile_setups()["paper"])
-    with pytest.raises(ValueError, match="trunk_pretrain run"):
+    with pytest.raises(ValueError, match="facts of the pretraining run"):
         E.trunk_text(s)
     assert again.metrics["test"]["accuracy"] == first.metrics["test"]["accuracy"]
     assert {"test", "occluded"} <= set(first.metrics)

@@ -37,6 +37,14 @@ def test_setup_validation_and_profiles():
         X.Setup(n_test=10)
     with pytest.raises(ValueError, match="paper profile"):
         X.Setup(pretrained=True)
+    # the SynFER pretraining stands in for ImageNet: not with real data, not beside ImageNet weights
+    with pytest.raises(ValueError, match="pretrain_task: null"):
+        X.Setup(profile="paper", pretrained=True)
+    assert "pretrained on SynFER to regress the 68 landmarks" in X.Setup().scale()
+    assert "from scratch" in X.Setup(pretrain_task=None).scale()
+    assert "ImageNet VGG11" in X.trunk_text(X.profile_setups()["paper"])
+    with pytest.raises(ValueError, match="no pretraining"):
+        X.trunk_pretrain(X.Setup(pretrain_task=None))
     s = X.Setup.from_params(profile="demo", seeds=[0, 1, 2], n_per_class=3)
     assert s.seeds == (0, 1, 2) and s.shift_px == 4
     setups = X.profile_setups()
@@ -62,9 +70,9 @@ def test_paper_configs_without_training():
 
 def test_paper_profile_without_data_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"rafdb.*DATA_ROOT"):
-        X.load_data(X.Setup(profile="paper"))
+        X.load_data(X.Setup(profile="paper", pretrain_task=None))
     with pytest.raises(FileNotFoundError, match=r"landmarks68-train\.npz.*fer\.data\.landmarks"):
-        X.load_data(X.Setup(profile="paper", data_root=str(tmp_path)))
+        X.load_data(X.Setup(profile="paper", data_root=str(tmp_path), pretrain_task=None))
 
 
 def test_attention_measures_on_known_maps():
@@ -101,6 +109,21 @@ def test_tiny_rows_train_once_then_load_from_cache(tmp_path, monkeypatch):
     assert isinstance(fecn, Fecn)
     state = mcn.model.state_dict()
     assert torch.equal(fecn.mcn.features[0].weight.cpu(), state["features.0.weight"].cpu())  # frozen MCN kept
+    # every model's VGG11 layers start from the one SynFER pretraining; FECN's MCN from the MCN run
+    trunk = X.trunk_pretrain(setup, progress=False)
+    assert trunk.cached and mcn.run.spec is not None
+    pre = trunk.model.state_dict()
+    kw = X.model_kwargs(setup)
+    for name in ("vgg11", "abn", "mcn"):
+        start = X.build_model(name, kwargs=kw, trunk_run=trunk.path.name, num_classes=2 if name == "mcn" else 4)
+        assert torch.equal(start.features[0].weight, pre["features.0.weight"]), name
+        assert torch.equal(start.perception.convs[0].weight, pre["perception.convs.0.weight"]), name
+    start = X.build_model("fecn", kwargs=kw, trunk_run=trunk.path.name, mcn_run=mcn.path.name)
+    assert torch.equal(start.features[0].weight, pre["features.0.weight"])
+    assert torch.equal(start.mcn.features[0].weight, state["features.0.weight"])
+    shared = X.build_model("fecn_shared", kwargs=kw, trunk_run=trunk.path.name, mcn_run=mcn.path.name)
+    assert torch.equal(shared.features[0].weight, state["features.0.weight"])  # the shared extractor is the MCN's
+    assert "a landmark error of" in X.trunk_text(setup, trunk)
     assert isinstance(results["fecn_shared"][0].model, SharedFecn)
     again = X.run_model(setup, data, "fecn", 0, progress=False)
     assert again.cached and again.metrics == results["fecn"][0].metrics

@@ -137,3 +137,22 @@ def test_bad_inputs_name_the_problem():
         create_model("vgg11", head="flatten")
     with pytest.raises(TypeError, match="Abn"):
         MM.attention_generator(v)
+
+
+def test_load_vgg11_from_a_pretrained_vgg11_of_the_same_structure():
+    from fer.models.masked import load_vgg11_from
+
+    torch.manual_seed(0)
+    kw = dict(width=0.0625, batch_norm=True, head="gap", img_size=64)
+    source = create_model("vgg11", num_classes=136, **kw)
+    abn = create_model("abn", num_classes=4, **kw)
+    fc = abn.perception.head.fc.weight.clone()
+    names = load_vgg11_from(abn, source)
+    assert "features.0.weight" in names and "attention.convs" in names
+    assert torch.equal(abn.features[1].running_mean, source.features[1].running_mean)
+    assert torch.equal(abn.perception.convs[0].weight, source.perception.convs[0].weight)
+    convs = [m for m in abn.attention.convs if isinstance(m, torch.nn.Conv2d)]
+    assert torch.equal(convs[0].weight, source.perception.convs[0].weight)  # group 5 into the attention branch too
+    assert torch.equal(abn.perception.head.fc.weight, fc)  # heads stay fresh
+    with pytest.raises(ValueError, match="pretrain the same structure"):
+        load_vgg11_from(create_model("vgg11", num_classes=4, **{**kw, "width": 0.125}), source)

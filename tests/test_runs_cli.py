@@ -71,9 +71,11 @@ def test_smoke_plan_lists_every_run_the_smoke_pages_train(smoke_plan):
     # masked: the MCN once, every model for every seed; FECN variants start from the MCN
     s = masked.Setup.for_profile("smoke")
     mcn = f"masked-smoke-mcn-s{s.seeds[0]}"
-    assert _names(smoke_plan, "masked") == {mcn} | {f"masked-smoke-{m}-s{seed}" for m in masked.MODELS
-                                                    for seed in s.seeds}
-    assert all(r.needs == (mcn,) for r in smoke_plan if r.row.startswith("fecn"))
+    trunk = "masked-smoke-trunk-pretrain"  # the ImageNet stand-in every model starts from
+    assert _names(smoke_plan, "masked") == {mcn, trunk} | {f"masked-smoke-{m}-s{seed}" for m in masked.MODELS
+                                                           for seed in s.seeds}
+    assert all(r.needs == (trunk, mcn) for r in smoke_plan if r.row.startswith("fecn"))
+    assert all(r.needs == (trunk,) for r in smoke_plan if r.row in ("mcn", "vgg11", "abn"))
     # dependencies come first, sizes are the Setup's (no estimates) except CK+ folds
     order = {r.name: i for i, r in enumerate(smoke_plan)}
     assert all(order[n] < order[r.name] for r in smoke_plan for n in r.needs)

@@ -108,7 +108,7 @@ from ..train import TrainConfig
 from . import _common
 from ._common import ChapterSplits, ProfileSetup, random_subset, require_data_root, stratified_indices
 from ._common import profile_setups as _profile_setups
-from .pretraining import check_stand_in, pretrain, pretrain_facts, stand_in_phrase, stand_in_text
+from .pretraining import backbone_facts, backbone_pretrain, check_stand_in, stand_in_phrase, start_text
 
 __all__ = [
     "required_weights",
@@ -132,7 +132,6 @@ __all__ = [
     "row_model_kwargs",
     "build_trunk",
     "trunk_pretrain",
-    "trunk_facts",
     "trunk_text",
     "build_model",
     "make_loss",
@@ -495,48 +494,26 @@ def build_trunk(num_classes: int, *, backbone: str, width: float, last_stride: i
     return TrunkNet(num_classes, backbone=backbone, width=width, last_stride=last_stride, stem=stem)
 
 
-def _trunk_name(setup: Setup) -> str:
-    return f"mapnet-{setup.profile}-trunk-pretrain"
-
-
 def _pretrain_lr(setup: Setup) -> float:
     return setup.lr if setup.optimizer == "adam" else 1e-3
 
 
 def trunk_pretrain(setup: Setup, *, progress: bool = True) -> RunResult:
-    """The SynFER stand-in for ImageNet (module note): one trunk pretrained on ``setup.pretrain_task``.
-
-    ``pretrain_n`` SynFER ``wild`` faces at ``image_size`` (every expression, a seed no
-    expression set uses), trained from scratch with Adam for ``pretrain_epochs``
-    (:func:`fer.experiments.pretraining.pretrain`); cached as one run that every row shares.
-    """
-    if setup.pretrain_task is None:
-        raise ValueError("this setup trains its trunks from scratch (pretrain_task=None): there is no pretraining")
+    """The SynFER stand-in for ImageNet (module note): one trunk (:func:`build_trunk`)
+    pretrained on ``setup.pretrain_task`` at ``image_size``
+    (:func:`fer.experiments.pretraining.backbone_pretrain`), shared by every row."""
     build = partial(build_trunk, backbone=setup.backbone, width=setup.width, last_stride=setup.last_stride,
                     stem=setup.stem)
-    result, _ = pretrain(setup, _trunk_name(setup), build, task=setup.pretrain_task, variant="wild", seed=setup.seed,
-                         lr=_pretrain_lr(setup), progress=progress, image_size=setup.image_size)
-    return result
-
-
-def trunk_facts(setup: Setup, trunk: RunResult) -> dict[str, Any]:
-    """What the :func:`trunk_pretrain` run learned, for the pages
-    (:func:`fer.experiments.pretraining.pretrain_facts`)."""
-    return pretrain_facts(setup, trunk, task=setup.pretrain_task, variant="wild", seed=setup.seed,
-                          image_size=setup.image_size)
+    return backbone_pretrain(setup, build, seed=setup.seed, lr=_pretrain_lr(setup), image_size=setup.image_size,
+                             progress=progress)
 
 
 def trunk_text(setup: Setup, trunk: RunResult | None = None) -> str:
-    """Where this profile's trunks start, as a page sentence: ImageNet (``paper``), or the
-    :func:`trunk_pretrain` run ``trunk`` with what it learned (:func:`trunk_facts`), or scratch."""
-    if setup.pretrained:
-        return "Both trunks start from torchvision's ImageNet weights, as the paper's do."
-    if setup.pretrain_task is None:
-        return "Both trunks start from random weights (no pretraining in this profile)."
-    if trunk is None:
-        raise ValueError("pass the trunk_pretrain run this setup's rows start from")
-    return stand_in_text(trunk_facts(setup, trunk), what="Both trunks of every row", network=f"{setup.backbone} trunk",
-                         variant="wild")
+    """Where this profile's trunks start, as a page sentence: ImageNet (``paper``), the
+    :func:`trunk_pretrain` run ``trunk`` with what it learned, or scratch."""
+    facts = None if trunk is None else backbone_facts(setup, trunk, seed=setup.seed, image_size=setup.image_size)
+    return start_text(setup, facts, what="Both trunks of every row", network=f"{setup.backbone} trunk",
+                      real="Both trunks start from torchvision's ImageNet weights, as the paper's do.")
 
 
 def build_model(pretrained: bool = False, trunk_run: str | None = None, **kwargs: Any) -> nn.Module:

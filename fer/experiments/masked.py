@@ -27,10 +27,21 @@ Recognition with Face Mask using Attention Mechanism*, ATAIT 2023. The models ar
    resized), ImageNet VGG11 weights in every VGG11 part (attention branch's 1x1 convs
    and the last layers fresh), SGD with momentum 0.9, weight decay 5e-4, learning rate
    0.01 divided by 10 at 50% and 75% of the epochs, batch 32, 30 epochs for every
-   model, MCN included. SynFER profiles: from scratch with batch norm (VGG11-BN
-   structure) at a width multiplier, Adam 1e-3, fewer epochs (``book/profiles.yml``).
+   model, MCN included. SynFER profiles: batch norm (VGG11-BN structure) at a width
+   multiplier, Adam, fewer epochs (``book/profiles.yml``), and a SynFER pretraining where
+   ImageNet's weights would go (next note).
    All rows share the protocol; final weights are evaluated (the paper has no
    validation split).
+
+.. note::
+   **"ImageNet VGG11" without ImageNet** (SynFER profiles). With ``pretrain_task`` set,
+   one VGG11 of the chapter's structure (:class:`fer.models.masked.Vgg11`, GAP head) is
+   pretrained on SynFER ``wild`` faces the expression data never uses
+   (:func:`trunk_pretrain`, :func:`fer.experiments.pretraining.backbone_pretrain`),
+   cached as one run, and every model (the MCN, VGG11, ABN and FECN's own layers) loads
+   its conv layers where the ``paper`` profile loads ImageNet's
+   (:func:`fer.models.masked.load_vgg11_from`); FECN's MCN comes from the MCN run, as in
+   the paper. The demo's task is ``"landmarks"``.
 
 .. note::
    **Augmentation**: "parallel shifts and random horizontal flips" -- random shifts of
@@ -75,11 +86,12 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..explain import capture, localisation_scores
 from ..losses import abn_loss
 from ..models import WeightFile, create_model, torchvision_weight_file
-from ..models.masked import Abn, Fecn, SharedFecn
+from ..models.masked import Abn, Fecn, SharedFecn, load_vgg11_from
 from ..runs import Run, RunResult, run, runs_root
 from ..train import Stage, TrainConfig
 from ._common import ChapterSplits, ProfileSetup, model_input, paper_command, require_data_root
 from ._common import profile_setups as _profile_setups
+from .pretraining import backbone_facts, backbone_pretrain, check_stand_in, stand_in_phrase, start_text
 
 __all__ = [
     "required_weights",
@@ -97,6 +109,8 @@ __all__ = [
     "load_data",
     "train_config",
     "model_kwargs",
+    "trunk_pretrain",
+    "trunk_text",
     "build_model",
     "run_mcn",
     "run_model",
@@ -169,6 +183,10 @@ class Setup(ProfileSetup):
         image_size: stored image side (SynFER renders at it; RAF-DB aligned is 100).
         width, batch_norm, head: VGG11 width multiplier, BN, classifier (``"vgg"``/``"gap"``).
         pretrained: ImageNet VGG11 weights (``paper`` only; SynFER profiles cannot download).
+        pretrain_task: the SynFER profiles' stand-in for ImageNet (module note), or ``None``
+            (from scratch; ``paper``).
+        pretrain_n, pretrain_epochs, pretrain_identities: that pretraining's faces, epochs
+            and people.
         epochs, mcn_epochs: stage-2 / baseline epochs and stage-1 epochs.
         batch_size, optimizer, lr, momentum, weight_decay: optimisation.
         shift: max random shift in pixels at ``input_size`` (``None``: ``input_size // 16``).
@@ -192,6 +210,10 @@ class Setup(ProfileSetup):
     batch_norm: bool = True
     head: str = "gap"
     pretrained: bool = False
+    pretrain_task: str | None = "landmarks"
+    pretrain_n: int = 96
+    pretrain_epochs: int = 1
+    pretrain_identities: int = 8
     epochs: int = 1
     mcn_epochs: int = 1
     batch_size: int = 32
@@ -216,6 +238,7 @@ class Setup(ProfileSetup):
             raise ValueError(f"synfer_own_share must be in [0, 1], got {self.synfer_own_share}")
         if self.pretrained and self.synthetic:
             raise ValueError("pretrained=True needs torchvision's ImageNet weights: only the paper profile uses them")
+        check_stand_in(self, chapter="masked")
         if self.head not in ("vgg", "gap"):
             raise ValueError(f"head must be 'vgg' or 'gap', got {self.head!r}")
         if min(self.epochs, self.mcn_epochs) < 1:
@@ -234,7 +257,8 @@ class Setup(ProfileSetup):
         sizes = (f"MU {len(data.mu_train)}/{len(data.mu_test)}, M-FER {len(data.train)}/{len(data.test)} faces"
                  if data is not None else f"MU {self.n_mu_train}/{self.n_mu_test}, M-FER {self.n_train}/{self.n_test}")
         net = "VGG11" + ("-BN" if self.batch_norm else "") + (f" at width {self.width:g}" if self.width != 1 else "")
-        start = "ImageNet weights" if self.pretrained else "from scratch"
+        start = ("ImageNet weights" if self.pretrained else "from scratch" if self.pretrain_task is None
+                 else stand_in_phrase(self.pretrain_task, self.pretrain_identities))
         return (f"{sizes} (train/test); {self.input_size} px; {net}, {self.head} classifier, {start}; "
                 f"{self.epochs} epochs (MCN {self.mcn_epochs}), {self.optimizer} lr {self.lr:g}, batch "
                 f"{self.batch_size}; seeds {', '.join(map(str, self.seeds))}")
@@ -400,18 +424,50 @@ def _run_name(setup: Setup, what: str) -> str:
     return f"masked-{setup.profile}-{what}"
 
 
+def trunk_pretrain(setup: Setup, *, progress: bool = True) -> RunResult:
+    """The SynFER stand-in for ImageNet (module note): one VGG11 of the chapter's structure
+    pretrained on ``setup.pretrain_task`` at ``image_size``, with Adam at ``lr``
+    (:func:`fer.experiments.pretraining.backbone_pretrain`), shared by every model."""
+    build = partial(create_model, "vgg11", img_size=setup.input_size, width=setup.width,
+                    batch_norm=setup.batch_norm, head="gap")
+    return backbone_pretrain(setup, build, seed=setup.data_seed, lr=setup.lr, image_size=setup.image_size,
+                             progress=progress)
+
+
+def trunk_text(setup: Setup, trunk: RunResult | None = None) -> str:
+    """Where this profile's models start, as a page sentence: ImageNet (``paper``), the
+    :func:`trunk_pretrain` run ``trunk`` with what it learned, or scratch."""
+    facts = None if trunk is None else backbone_facts(setup, trunk, seed=setup.data_seed, image_size=setup.image_size)
+    net = "VGG11" + ("-BN" if setup.batch_norm else "") + f" at width {setup.width:g}"
+    return start_text(setup, facts, what="The VGG11 layers of every model (the MCN, VGG11, ABN, FECN's own)",
+                      network=net, real="Every VGG11 part starts from torchvision's ImageNet VGG11, as the "
+                      "paper's baseline does.")
+
+
+def _trunk(setup: Setup, progress: bool) -> str | None:
+    return trunk_pretrain(setup, progress=progress).path.name if setup.pretrain_task is not None else None
+
+
 def build_model(name: str, *, kwargs: Mapping[str, Any], pretrained: bool = False, mcn_run: str | None = None,
-                num_classes: int = 4) -> nn.Module:
+                num_classes: int = 4, trunk_run: str | None = None) -> nn.Module:
     """A model of :mod:`fer.models.masked` with this chapter's arguments; ``fecn`` and
-    ``fecn_shared`` load the MCN run ``mcn_run`` (a folder name under the runs root)."""
-    if name in ("fecn", "fecn_shared", "fecn_shared_ft"):
-        if mcn_run is None:
-            raise ValueError(f"{name} needs the trained MCN: pass mcn_run (the run_mcn result's folder name)")
-        state = Run.load(runs_root() / mcn_run).checkpoint()["model"]
-        extra = {"freeze_extractor": False} if name == "fecn_shared_ft" else {}
-        return create_model(name.replace("_ft", ""), num_classes=num_classes, pretrained=pretrained,
-                            mcn_state=state, **extra, **kwargs)
-    return create_model(name, num_classes=num_classes, pretrained=pretrained, **kwargs)
+    ``fecn_shared`` load the MCN run ``mcn_run`` (a folder name under the runs root). With
+    ``trunk_run`` (a :func:`trunk_pretrain` run) its VGG11 layers start from that run's,
+    before the MCN is loaded (the shared extractor is the MCN's)."""
+    fecn = name in ("fecn", "fecn_shared", "fecn_shared_ft")
+    if fecn and mcn_run is None:
+        raise ValueError(f"{name} needs the trained MCN: pass mcn_run (the run_mcn result's folder name)")
+    extra = {"freeze_extractor": False} if name == "fecn_shared_ft" else {}
+    model = create_model(name.replace("_ft", ""), num_classes=num_classes, pretrained=pretrained, **extra, **kwargs)
+    if trunk_run is not None:
+        state = Run.load(trunk_run).checkpoint()["model"]
+        source = create_model("vgg11", width=model.width, batch_norm=model.batch_norm, head="gap",
+                              num_classes=int(state["perception.head.fc.weight"].shape[0]))
+        source.load_state_dict(state)  # another structure fails here, naming the tensors
+        load_vgg11_from(model, source)
+    if fecn:
+        model.load_mcn(Run.load(runs_root() / mcn_run).checkpoint()["model"])
+    return model
 
 
 def train_config(setup: Setup, name: str, seed: int) -> TrainConfig:
@@ -445,7 +501,8 @@ def train_config(setup: Setup, name: str, seed: int) -> TrainConfig:
 def run_mcn(setup: Setup, data: ChapterData, *, progress: bool = True) -> RunResult:
     """Stage 1: the MCN (ABN, masked vs unmasked) on the MU-dataset, loss L_att + L_per."""
     seed = setup.seeds[0]
-    build = partial(build_model, "mcn", kwargs=model_kwargs(setup), pretrained=setup.pretrained, num_classes=2)
+    build = partial(build_model, "mcn", kwargs=model_kwargs(setup), pretrained=setup.pretrained, num_classes=2,
+                    trunk_run=_trunk(setup, progress))
     return run(_run_name(setup, f"mcn-s{seed}"), train_config(setup, "mcn", seed), build, data.mu_train,
                eval_sets={"test": data.mu_test}, loss_fn=abn_loss, spec={"model": "mcn", **model_kwargs(setup)},
                progress=progress)
@@ -462,7 +519,8 @@ def run_model(setup: Setup, data: ChapterData, name: str, seed: int, *, mcn: Run
     if name in ("fecn", "fecn_shared", "fecn_shared_ft"):
         mcn = mcn if mcn is not None else run_mcn(setup, data, progress=progress)
         mcn_name = mcn.path.name
-    build = partial(build_model, name, kwargs=model_kwargs(setup), pretrained=setup.pretrained, mcn_run=mcn_name)
+    build = partial(build_model, name, kwargs=model_kwargs(setup), pretrained=setup.pretrained, mcn_run=mcn_name,
+                    trunk_run=_trunk(setup, progress))
     return run(_run_name(setup, f"{name}-s{seed}"), train_config(setup, name, seed), build, data.train,
                eval_sets={"test": data.test}, loss_fn=abn_loss if name == "abn" else None,
                spec={"model": name, "mcn_run": mcn_name, **model_kwargs(setup)}, progress=progress)

@@ -104,7 +104,7 @@ from ..train import TrainConfig
 from . import _common
 from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, require_data_root
 from ._common import profile_setups as _profile_setups
-from .pretraining import check_stand_in, pretrain, pretrain_facts, stand_in_phrase, stand_in_text
+from .pretraining import backbone_facts, backbone_pretrain, check_stand_in, stand_in_phrase, start_text
 
 __all__ = [
     "required_weights",
@@ -130,7 +130,6 @@ __all__ = [
     "five_crop",
     "five_crop_forward",
     "trunk_pretrain",
-    "trunk_facts",
     "trunk_text",
     "build_model",
     "train_config",
@@ -463,45 +462,22 @@ def five_crop_forward(module: nn.Module, batch: Mapping[str, Any], *, crop: floa
     return module(x)
 
 
-def _trunk_name(setup: Setup) -> str:
-    return f"msanet-{setup.profile}-trunk-pretrain"
-
-
 def trunk_pretrain(setup: Setup, *, progress: bool = True) -> RunResult:
     """The SynFER stand-in for ImageNet (module note): one ResNet-18 at ``setup.width``
-    pretrained on ``setup.pretrain_task``.
-
-    ``pretrain_n`` SynFER ``wild`` faces at ``input_size`` (every expression, a seed no
-    expression set uses), trained from scratch with Adam at ``lr`` for ``pretrain_epochs``
-    (:func:`fer.experiments.pretraining.pretrain`); cached as one run that every row shares.
-    """
-    if setup.pretrain_task is None:
-        raise ValueError("this setup trains from scratch (pretrain_task=None): there is no pretraining")
-    build = partial(resnet18_classifier, width=setup.width)
-    result, _ = pretrain(setup, _trunk_name(setup), build, task=setup.pretrain_task, variant="wild",
-                         seed=setup.data_seed, lr=setup.lr, progress=progress, image_size=setup.input_size)
-    return result
-
-
-def trunk_facts(setup: Setup, trunk: RunResult) -> dict[str, Any]:
-    """What the :func:`trunk_pretrain` run learned, for the pages
-    (:func:`fer.experiments.pretraining.pretrain_facts`)."""
-    return pretrain_facts(setup, trunk, task=setup.pretrain_task, variant="wild", seed=setup.data_seed,
-                          image_size=setup.input_size)
+    pretrained on ``setup.pretrain_task`` at ``input_size``, with Adam at ``lr``
+    (:func:`fer.experiments.pretraining.backbone_pretrain`), shared by every row."""
+    return backbone_pretrain(setup, partial(resnet18_classifier, width=setup.width), seed=setup.data_seed,
+                             lr=setup.lr, image_size=setup.input_size, progress=progress)
 
 
 def trunk_text(setup: Setup, trunk: RunResult | None = None) -> str:
     """Where this profile's rows start, as a page sentence: ImageNet (``paper``), the
     :func:`trunk_pretrain` run ``trunk`` with what it learned, or scratch."""
-    if setup.pretrained:
-        return ("Every row starts its pre-extractor (the baseline all four stages) from torchvision's ImageNet "
-                "ResNet-18, the common practice the paper's protocol implies.")
-    if setup.pretrain_task is None:
-        return "Every row starts from random weights (no pretraining in this profile)."
-    if trunk is None:
-        raise ValueError("pass the trunk_pretrain run this setup's rows start from")
-    return stand_in_text(trunk_facts(setup, trunk), what="The pre-extractor of every row (the baseline: all four "
-                         "stages)", network=f"ResNet-18 at width {setup.width:g}", variant="wild")
+    facts = None if trunk is None else backbone_facts(setup, trunk, seed=setup.data_seed, image_size=setup.input_size)
+    return start_text(setup, facts, what="The pre-extractor of every row (the baseline: all four stages)",
+                      network=f"ResNet-18 at width {setup.width:g}",
+                      real="Every row starts its pre-extractor (the baseline all four stages) from torchvision's "
+                      "ImageNet ResNet-18, the common practice the paper's protocol implies.")
 
 
 def build_model(row: str, *, input_size: int, width: float = 1.0, hierarchy: str = "equation",

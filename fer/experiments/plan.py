@@ -45,6 +45,7 @@ from ..data.labels import CLASSES_7
 from ..profiles import PROFILES, ProfileError, find_root, page_entries, resolve_device
 from ..runs import RunResult, find_runs, protocols_of, source_hash
 from . import cbam_vgg, manet, mapnet, masked, msanet
+from .pretraining import backbone_name
 
 __all__ = [
     "CHAPTERS",
@@ -231,7 +232,7 @@ class _Planner:
         stand-in) on ``page`` when ``setup.pretrain_task`` is set: the ``needs`` of its rows."""
         if setup.pretrain_task is None:
             return []
-        name = module._trunk_name(setup)
+        name = backbone_name(setup)
 
         def trainer(ctx: _Context) -> RunResult:
             return ctx.once(name, lambda: module.trunk_pretrain(setup, progress=ctx.progress))
@@ -488,7 +489,8 @@ def _msanet(setup: msanet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
 
 def _masked(setup: masked.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list[PlannedRun]:
     """stage1 (MCN, ABN first seed), stage2 (MCN + VGG11, ABN, FECN x seeds) and shared (+ the
-    shared-extractor variants)."""
+    shared-extractor variants), plus the VGG11 pretraining every model starts from when
+    ``pretrain_task`` is set."""
     X = masked
     p = _Planner("masked", knobs)
     seed0 = setup.seeds[0]
@@ -509,15 +511,17 @@ def _masked(setup: masked.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
         return trainer
 
     def add_mcn(rel: str) -> None:
+        trunk = p.add_trunk(rel, setup, X, seed=setup.data_seed)
         p.add(rel, name=mcn_name, row="mcn", seed=seed0, dataset=f"MU-dataset ({source})",
               train_images=setup.n_mu_train, epochs=setup.mcn_epochs, estimate=False, trainer=mcn,
-              call="masked.run_mcn(setup, load_data(setup))")
+              call="masked.run_mcn(setup, load_data(setup))", needs=trunk)
 
     def add(rel: str, model: str, seed: int) -> None:
         stage2 = model in ("fecn", "fecn_shared", "fecn_shared_ft")
+        trunk = p.add_trunk(rel, setup, X, seed=setup.data_seed)
         p.add(rel, name=X._run_name(setup, f"{model}-s{seed}"), row=model, seed=seed,
               dataset=f"M-FER-dataset ({source})", train_images=setup.n_train, epochs=setup.epochs, estimate=False,
-              trainer=trainer_of(model, seed), needs=[mcn_name] if stage2 else [],
+              trainer=trainer_of(model, seed), needs=trunk + ([mcn_name] if stage2 else []),
               call=f"masked.run_model(setup, load_data(setup), {model!r}, {seed}, mcn=mcn)")
 
     rel, _ = p.page("stage1")

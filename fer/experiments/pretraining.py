@@ -59,7 +59,8 @@ from ._common import PRETRAIN_SEED_OFFSET
 
 __all__ = ["PRETRAIN_TASKS", "check_task", "LANDMARK_WEIGHT", "LANDMARKS", "task_outputs", "pretrain_faces",
            "pretrain_loss", "identity_logits", "dlib_descriptors", "pretrain", "landmark_rmse_px", "pretrain_facts",
-           "TASK_TEXT", "facts_text", "check_stand_in", "stand_in_phrase", "stand_in_text"]
+           "TASK_TEXT", "facts_text", "check_stand_in", "stand_in_phrase", "BACKBONE_VARIANT", "backbone_name", "backbone_pretrain",
+           "backbone_facts", "start_text"]
 
 #: What a pretraining run can learn (module docstring).
 PRETRAIN_TASKS: tuple[str, ...] = ("identity", "landmarks", "identity+landmarks", "dlib-distill")
@@ -240,15 +241,52 @@ def stand_in_phrase(task: str, identities: int, *, stand_in: str = "ImageNet") -
     return f"pretrained on SynFER to {TASK_TEXT[task].format(identities=identities)}, the stand-in for {stand_in}"
 
 
-def stand_in_text(facts: Mapping[str, Any], *, what: str, network: str, variant: str,
-                  stand_in: str = "ImageNet") -> str:
-    """A page's sentence on a SynFER pretraining (:func:`pretrain_facts` ``facts``): ``what``
-    (e.g. ``"Both trunks of every row"``) start from one ``network`` pretrained on SynFER
-    ``variant`` faces, its held-out score, and what it stands in for."""
+#: The faces every chapter's backbone pretraining (:func:`backbone_pretrain`) draws.
+BACKBONE_VARIANT = "wild"
+
+
+def backbone_name(setup: Any) -> str:
+    """The run name of ``setup``'s chapter's :func:`backbone_pretrain`."""
+    return f"{setup.chapter}-{setup.profile}-trunk-pretrain"
+
+
+def backbone_pretrain(setup: Any, build: Callable[..., nn.Module], *, seed: int, lr: float, image_size: int,
+                      progress: bool = True) -> RunResult:
+    """A chapter's SynFER stand-in for ImageNet: ``build`` (its backbone with a head of any
+    width) pretrained on ``setup.pretrain_task`` (:func:`pretrain`) from ``pretrain_n``
+    SynFER :data:`BACKBONE_VARIANT` faces at ``image_size`` (every expression, a seed no
+    expression set uses), with Adam at ``lr``; cached as one run (:func:`backbone_name`)
+    that every row of the chapter starts from."""
+    if setup.pretrain_task is None:
+        raise ValueError(f"this {setup.chapter} setup starts from random weights (pretrain_task=None): there is "
+                         f"no pretraining")
+    result, _ = pretrain(setup, backbone_name(setup), build, task=setup.pretrain_task, variant=BACKBONE_VARIANT,
+                         seed=seed, lr=lr, progress=progress, image_size=image_size)
+    return result
+
+
+def backbone_facts(setup: Any, result: RunResult, *, seed: int, image_size: int) -> dict[str, Any]:
+    """:func:`pretrain_facts` of a :func:`backbone_pretrain` run (same ``seed`` and ``image_size``)."""
+    return pretrain_facts(setup, result, task=setup.pretrain_task, variant=BACKBONE_VARIANT, seed=seed,
+                          image_size=image_size)
+
+
+def start_text(setup: Any, facts: Mapping[str, Any] | None, *, what: str, network: str, real: str,
+               stand_in: str = "ImageNet") -> str:
+    """Where a chapter's rows start, as a page sentence: ``real`` (the ``paper`` profile's
+    ``pretrained`` weights), random weights (``pretrain_task=None``), or ``what`` (e.g.
+    ``"Both trunks of every row"``) from one ``network`` pretrained on SynFER, with the
+    held-out score of its :func:`backbone_facts` ``facts`` and what it stands in for."""
+    if setup.pretrained:
+        return real
+    if setup.pretrain_task is None:
+        return "Every row starts from random weights (no pretraining in this profile)."
+    if facts is None:
+        raise ValueError("pass the facts of the pretraining run this setup's rows start from")
     text = facts_text(facts)
-    return (f"{what} start from one {network} pretrained on SynFER {variant} faces {text['task']}, which reached "
-            f"{text['score']} on held-out faces ({text['baseline']}). It stands in for the paper's {stand_in} "
-            f"weights: a face task that SynFER labels exactly, not {stand_in}'s images.")
+    return (f"{what} start from one {network} pretrained on SynFER {BACKBONE_VARIANT} faces {text['task']}, which "
+            f"reached {text['score']} on held-out faces ({text['baseline']}). It stands in for the paper's "
+            f"{stand_in} weights: a face task that SynFER labels exactly, not {stand_in}'s images.")
 
 
 def facts_text(facts: Mapping[str, Any]) -> dict[str, str]:

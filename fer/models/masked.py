@@ -80,7 +80,9 @@ gives Grad-CAM one tensor.
    channels. The demo uses both to train from scratch on a CPU; the ``paper`` profile
    uses plain VGG11 at full width with torchvision's ImageNet weights
    (``VGG11_Weights.IMAGENET1K_V1``, or ``VGG11_BN_Weights`` with BN). The attention
-   branch always has BN, as in ABN.
+   branch always has BN, as in ABN. Where ImageNet weights cannot load,
+   :func:`load_vgg11_from` puts a :class:`Vgg11` pretrained on another task (at the same
+   width) where they would go (:mod:`fer.experiments.masked` does so on SynFER).
 
 .. note::
    **The shared extractor** (the paper's future work, Section 5.2). ``fecn_shared``
@@ -125,6 +127,7 @@ __all__ = [
     "make_vgg11_groups",
     "attention_generator",
     "load_vgg11_imagenet",
+    "load_vgg11_from",
     "vgg11",
     "abn",
     "mcn",
@@ -610,7 +613,25 @@ def load_vgg11_imagenet(model: nn.Module, state: Optional[Mapping[str, torch.Ten
         state = load_torchvision_state_dict(weights)
     tv = torchvision.models.vgg11_bn(weights=None) if bn else torchvision.models.vgg11(weights=None)
     tv.load_state_dict(state)
-    tv_layers = list(tv.features.children())
+    return _copy_vgg11(model, list(tv.features.children()), tv.classifier)
+
+
+def load_vgg11_from(model: nn.Module, source: Vgg11) -> List[str]:
+    """Copy the conv layers of ``source``, a :class:`Vgg11` of this file at ``model``'s width
+    and batch norm (e.g. pretrained on another task), where :func:`load_vgg11_imagenet` puts
+    ImageNet's: ``features``, ``perception.convs`` and the ABN family's attention conv group.
+    Heads stay fresh. Returns the names of the parameters and buffers that were set."""
+    if (source.width, source.batch_norm) != (getattr(model, "width", 1.0), getattr(model, "batch_norm", False)):
+        raise ValueError(f"the source VGG11 (width {source.width}, batch norm {source.batch_norm}) does not fit the "
+                         f"model (width {getattr(model, 'width', 1.0)}, batch norm {getattr(model, 'batch_norm', False)})"
+                         f"; pretrain the same structure")
+    layers = list(source.features.children()) + list(source.perception.convs.children())
+    return _copy_vgg11(model, layers, None)
+
+
+def _copy_vgg11(model: nn.Module, tv_layers: List[nn.Module], classifier: Optional[nn.Sequential]) -> List[str]:
+    """Copy VGG11's conv layers ``tv_layers`` (torchvision's ``features`` order) and, when
+    given and shaped alike, its 4096-4096 ``classifier`` layers into ``model``."""
     ours = list(model.features.children()) + list(model.perception.convs.children())
     if len(tv_layers) != len(ours):
         raise ValueError(f"layer count differs from torchvision's vgg11{'_bn' if bn else ''}: "
@@ -640,10 +661,11 @@ def load_vgg11_imagenet(model: nn.Module, state: Optional[Mapping[str, torch.Ten
                         dst.load_state_dict(src.state_dict())
             set_names.append("attention.convs")
         head = model.perception.head
-        if head.head_type == "vgg" and head.hidden[0].in_features == tv.classifier[0].in_features \
-                and head.hidden[3].out_features == tv.classifier[3].out_features:
-            head.hidden[0].load_state_dict(tv.classifier[0].state_dict())
-            head.hidden[3].load_state_dict(tv.classifier[3].state_dict())
+        if classifier is not None and head.head_type == "vgg" \
+                and head.hidden[0].in_features == classifier[0].in_features \
+                and head.hidden[3].out_features == classifier[3].out_features:
+            head.hidden[0].load_state_dict(classifier[0].state_dict())
+            head.hidden[3].load_state_dict(classifier[3].state_dict())
             set_names.append("perception.head.hidden")
     return set_names
 
