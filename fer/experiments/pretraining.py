@@ -286,7 +286,7 @@ def start_text(setup: Any, facts: Mapping[str, Any] | None, *, what: str, networ
     text = facts_text(facts)
     return (f"{what} start from one {network} pretrained on SynFER {BACKBONE_VARIANT} faces {text['task']}, which "
             f"reached {text['score']} on held-out faces ({text['baseline']}). It stands in for the paper's "
-            f"{stand_in} weights: a face task that SynFER labels exactly, not {stand_in}'s images.")
+            f"{stand_in} weights, with a face task that SynFER labels exactly in place of {stand_in}'s.")
 
 
 def facts_text(facts: Mapping[str, Any]) -> dict[str, str]:
