@@ -43,7 +43,8 @@ def test_paper_profile_follows_the_text_res2net_hierarchy(monkeypatch):
     """Issue 15 section 4.5: the paper profile (book/profiles.yml and Setup's own default for it) builds
     Res2Net's hierarchy, each subset attaining a larger receptive field; the SynFER profiles keep eq. (1)."""
     setups = M.profile_setups()
-    assert setups["paper"].hierarchy == "res2net" and M.Setup(profile="paper", pretrain_task=None).hierarchy == "res2net"
+    assert setups["paper"].hierarchy == "res2net"
+    assert M.Setup(profile="paper", pretrain_task=None).hierarchy == "res2net"
     assert setups["smoke"].hierarchy == setups["demo"].hierarchy == "equation"
     # the ablation stays possible
     assert M.Setup(profile="paper", hierarchy="equation", pretrain_task=None).hierarchy == "equation"

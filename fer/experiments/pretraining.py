@@ -59,8 +59,8 @@ from ._common import PRETRAIN_SEED_OFFSET
 
 __all__ = ["PRETRAIN_TASKS", "check_task", "LANDMARK_WEIGHT", "LANDMARKS", "task_outputs", "pretrain_faces",
            "pretrain_loss", "identity_logits", "dlib_descriptors", "pretrain", "landmark_rmse_px", "pretrain_facts",
-           "TASK_TEXT", "facts_text", "check_stand_in", "stand_in_phrase", "BACKBONE_VARIANT", "backbone_name", "backbone_pretrain",
-           "backbone_facts", "start_text"]
+           "TASK_TEXT", "facts_text", "check_stand_in", "stand_in_phrase", "BACKBONE_VARIANT", "backbone_name",
+           "backbone_pretrain", "backbone_facts", "start_text"]
 
 #: What a pretraining run can learn (module docstring).
 PRETRAIN_TASKS: tuple[str, ...] = ("identity", "landmarks", "identity+landmarks", "dlib-distill")
@@ -195,9 +195,9 @@ def pretrain_facts(setup: Any, result: RunResult, *, task: str, variant: str, se
     ``epochs``, and the task's held-out score beside what knowing nothing scores.
 
     ``identity``: ``accuracy`` and ``chance`` (1 / identities). ``landmarks``: ``rmse_px``
-    (:func:`landmark_rmse_px` at ``setup.input_size``, else the faces' stored side) and ``mean_shape_rmse_px``, the error
-    of answering every face with the training faces' mean landmarks (the same faces,
-    re-read from the dataset cache). Other tasks: ``val_loss``.
+    (:func:`landmark_rmse_px` at ``setup.input_size``, else the faces' stored side) and
+    ``mean_shape_rmse_px``, the error of answering every face with the training faces'
+    mean landmarks (the same faces, re-read from the dataset cache). Other tasks: ``val_loss``.
     """
     val = result.metrics.get("val") or {}
     facts: dict[str, Any] = {"task": task, "faces": setup.pretrain_n, "identities": setup.pretrain_identities,

@@ -623,8 +623,8 @@ def load_vgg11_from(model: nn.Module, source: Vgg11) -> List[str]:
     Heads stay fresh. Returns the names of the parameters and buffers that were set."""
     if (source.width, source.batch_norm) != (getattr(model, "width", 1.0), getattr(model, "batch_norm", False)):
         raise ValueError(f"the source VGG11 (width {source.width}, batch norm {source.batch_norm}) does not fit the "
-                         f"model (width {getattr(model, 'width', 1.0)}, batch norm {getattr(model, 'batch_norm', False)})"
-                         f"; pretrain the same structure")
+                         f"model (width {getattr(model, 'width', 1.0)}, batch norm "
+                         f"{getattr(model, 'batch_norm', False)}); pretrain the same structure")
     layers = list(source.features.children()) + list(source.perception.convs.children())
     return _copy_vgg11(model, layers, None)
 
