@@ -108,7 +108,7 @@ from ..train import TrainConfig
 from . import _common
 from ._common import ChapterSplits, ProfileSetup, random_subset, require_data_root, stratified_indices
 from ._common import profile_setups as _profile_setups
-from .pretraining import backbone_facts, backbone_pretrain, check_stand_in, stand_in_phrase, start_text
+from .pretraining import backbone_facts, backbone_pretrain, check_stand_in, start_phrase, start_run, start_text
 
 __all__ = [
     "required_weights",
@@ -320,15 +320,8 @@ class Setup(ProfileSetup):
         trunk = (f"{self.backbone}" + (f" at width {self.width:g}" if self.width != 1 else "")
                  + (", small stem" if self.stem == "small" else "")
                  + (", layer4 stride 1" if self.last_stride == 1 else ""))
-        return f"two {trunk} trunks ({self.start_text()})"
-
-    def start_text(self) -> str:
-        """Where the trunks start, in words: ImageNet, a SynFER pretraining, or scratch."""
-        if self.pretrained:
-            return "ImageNet weights"
-        if self.pretrain_task is not None:
-            return f"both from one trunk {stand_in_phrase(self.pretrain_task, self.pretrain_identities)}"
-        return "from scratch"
+        start = start_phrase(self, real="ImageNet weights", prefix="both from one trunk ")
+        return f"two {trunk} trunks ({start})"
 
     def scale(self, data: ChapterData | None = None) -> str:
         """One line for the page banner."""
@@ -558,7 +551,7 @@ def run_row(setup: Setup, data: ChapterData, row: str = "wcl", *, seed: int | No
     """
     seed = setup.seed if seed is None else int(seed)
     kw = row_model_kwargs(setup, row, blocks=blocks, alpha=alpha)
-    trunk = trunk_pretrain(setup, progress=progress).path.name if setup.pretrain_task is not None else None
+    trunk = start_run(setup, trunk_pretrain, progress=progress)
     build = partial(build_model, pretrained=setup.pretrained, trunk_run=trunk, **kw)
     loss = make_loss(setup, row, data.counts)
     spec = {"row": row, "model": "mapnet", **kw, "pretrained": setup.pretrained, "trunk_run": trunk,

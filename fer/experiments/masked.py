@@ -91,7 +91,7 @@ from ..runs import Run, RunResult, run, runs_root
 from ..train import Stage, TrainConfig
 from ._common import ChapterSplits, ProfileSetup, model_input, paper_command, require_data_root
 from ._common import profile_setups as _profile_setups
-from .pretraining import backbone_facts, backbone_pretrain, check_stand_in, stand_in_phrase, start_text
+from .pretraining import backbone_facts, backbone_pretrain, check_stand_in, start_phrase, start_run, start_text
 
 __all__ = [
     "required_weights",
@@ -257,8 +257,7 @@ class Setup(ProfileSetup):
         sizes = (f"MU {len(data.mu_train)}/{len(data.mu_test)}, M-FER {len(data.train)}/{len(data.test)} faces"
                  if data is not None else f"MU {self.n_mu_train}/{self.n_mu_test}, M-FER {self.n_train}/{self.n_test}")
         net = "VGG11" + ("-BN" if self.batch_norm else "") + (f" at width {self.width:g}" if self.width != 1 else "")
-        start = ("ImageNet weights" if self.pretrained else "from scratch" if self.pretrain_task is None
-                 else stand_in_phrase(self.pretrain_task, self.pretrain_identities))
+        start = start_phrase(self, real="ImageNet weights")
         return (f"{sizes} (train/test); {self.input_size} px; {net}, {self.head} classifier, {start}; "
                 f"{self.epochs} epochs (MCN {self.mcn_epochs}), {self.optimizer} lr {self.lr:g}, batch "
                 f"{self.batch_size}; seeds {', '.join(map(str, self.seeds))}")
@@ -444,10 +443,6 @@ def trunk_text(setup: Setup, trunk: RunResult | None = None) -> str:
                       "paper's baseline does.")
 
 
-def _trunk(setup: Setup, progress: bool) -> str | None:
-    return trunk_pretrain(setup, progress=progress).path.name if setup.pretrain_task is not None else None
-
-
 def build_model(name: str, *, kwargs: Mapping[str, Any], pretrained: bool = False, mcn_run: str | None = None,
                 num_classes: int = 4, trunk_run: str | None = None) -> nn.Module:
     """A model of :mod:`fer.models.masked` with this chapter's arguments; ``fecn`` and
@@ -502,7 +497,7 @@ def run_mcn(setup: Setup, data: ChapterData, *, progress: bool = True) -> RunRes
     """Stage 1: the MCN (ABN, masked vs unmasked) on the MU-dataset, loss L_att + L_per."""
     seed = setup.seeds[0]
     build = partial(build_model, "mcn", kwargs=model_kwargs(setup), pretrained=setup.pretrained, num_classes=2,
-                    trunk_run=_trunk(setup, progress))
+                    trunk_run=start_run(setup, trunk_pretrain, progress=progress))
     return run(_run_name(setup, f"mcn-s{seed}"), train_config(setup, "mcn", seed), build, data.mu_train,
                eval_sets={"test": data.mu_test}, loss_fn=abn_loss, spec={"model": "mcn", **model_kwargs(setup)},
                progress=progress)
@@ -520,7 +515,7 @@ def run_model(setup: Setup, data: ChapterData, name: str, seed: int, *, mcn: Run
         mcn = mcn if mcn is not None else run_mcn(setup, data, progress=progress)
         mcn_name = mcn.path.name
     build = partial(build_model, name, kwargs=model_kwargs(setup), pretrained=setup.pretrained, mcn_run=mcn_name,
-                    trunk_run=_trunk(setup, progress))
+                    trunk_run=start_run(setup, trunk_pretrain, progress=progress))
     return run(_run_name(setup, f"{name}-s{seed}"), train_config(setup, name, seed), build, data.train,
                eval_sets={"test": data.test}, loss_fn=abn_loss if name == "abn" else None,
                spec={"model": name, "mcn_run": mcn_name, **model_kwargs(setup)}, progress=progress)

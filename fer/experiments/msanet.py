@@ -104,7 +104,7 @@ from ..train import TrainConfig
 from . import _common
 from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, require_data_root
 from ._common import profile_setups as _profile_setups
-from .pretraining import backbone_facts, backbone_pretrain, check_stand_in, stand_in_phrase, start_text
+from .pretraining import backbone_facts, backbone_pretrain, check_stand_in, start_phrase, start_run, start_text
 
 __all__ = [
     "required_weights",
@@ -350,8 +350,7 @@ class Setup(ProfileSetup):
                            else f"{DATASETS[k].paper_name} {len(d.train)}/{len(d.test)}" for k, d in data.items())
                  + " faces (train/test)") if data else f"n = {self.n_train}/{self.n_test}"
         width = "full-width ResNet-18" if self.width == 1 else f"ResNet-18 channels x {self.width:g}"
-        start = ("ImageNet pre-extractor" if self.pretrained else "from scratch" if self.pretrain_task is None
-                 else stand_in_phrase(self.pretrain_task, self.pretrain_identities))
+        start = start_phrase(self, real="ImageNet pre-extractor")
         opt = "SGD (momentum 0.9)" if self.optimizer == "sgd" else "Adam"
         return (f"{sizes}; {self.input_size} px; {width}, {start}; {opt} lr {self.lr:g} (/10 every "
                 f"{self.step_size} epochs), {self.epochs} epochs, batch {self.batch_size}; beta {self.beta:g}")
@@ -511,7 +510,7 @@ def run_row(setup: Setup, data: ChapterData, row: str, *, seed: int | None = Non
             progress: bool = True) -> RunResult:
     """Train (or load) row ``row`` on ``data`` with ``seed`` (default: ``setup.seeds[0]``)."""
     seed = setup.seeds[0] if seed is None else int(seed)
-    trunk = trunk_pretrain(setup, progress=progress).path.name if setup.pretrain_task is not None else None
+    trunk = start_run(setup, trunk_pretrain, progress=progress)
     build = partial(build_model, row, input_size=setup.input_size, width=setup.width, hierarchy=setup.hierarchy,
                     zero_init_last=setup.zero_init_last, pretrained=setup.pretrained, trunk_run=trunk)
     config = train_config(setup, seed=seed)

@@ -59,8 +59,8 @@ from ._common import PRETRAIN_SEED_OFFSET
 
 __all__ = ["PRETRAIN_TASKS", "check_task", "LANDMARK_WEIGHT", "LANDMARKS", "task_outputs", "pretrain_faces",
            "pretrain_loss", "identity_logits", "dlib_descriptors", "pretrain", "landmark_rmse_px", "pretrain_facts",
-           "TASK_TEXT", "facts_text", "check_stand_in", "stand_in_phrase", "BACKBONE_VARIANT", "backbone_name",
-           "backbone_pretrain", "backbone_facts", "start_text"]
+           "TASK_TEXT", "facts_text", "check_stand_in", "start_phrase", "start_run", "BACKBONE_VARIANT",
+           "backbone_name", "backbone_pretrain", "backbone_facts", "start_text"]
 
 #: What a pretraining run can learn (module docstring).
 PRETRAIN_TASKS: tuple[str, ...] = ("identity", "landmarks", "identity+landmarks", "dlib-distill")
@@ -236,9 +236,23 @@ def check_stand_in(setup: Any, *, chapter: str) -> None:
     check_task(setup.pretrain_task, chapter=chapter)
 
 
-def stand_in_phrase(task: str, identities: int, *, stand_in: str = "ImageNet") -> str:
-    """``"pretrained on SynFER to <task>, the stand-in for <stand_in>"`` for a banner's model scale."""
-    return f"pretrained on SynFER to {TASK_TEXT[task].format(identities=identities)}, the stand-in for {stand_in}"
+def start_phrase(setup: Any, *, real: str, prefix: str = "", stand_in: str = "ImageNet") -> str:
+    """Where a chapter's rows start, for a banner's model scale: ``real`` (the ``pretrained``
+    weights), ``"from scratch"`` (``pretrain_task=None``), or ``prefix`` + ``"pretrained on
+    SynFER to <task>, the stand-in for <stand_in>"``."""
+    if setup.pretrained:
+        return real
+    if setup.pretrain_task is None:
+        return "from scratch"
+    task = TASK_TEXT[setup.pretrain_task].format(identities=setup.pretrain_identities)
+    return f"{prefix}pretrained on SynFER to {task}, the stand-in for {stand_in}"
+
+
+def start_run(setup: Any, pretrain_fn: Callable[..., RunResult], *, progress: bool = True) -> str | None:
+    """The run a chapter's rows start from, as ``build_model``'s ``trunk_run``: the folder
+    name of ``pretrain_fn(setup)`` (the chapter's cached :func:`backbone_pretrain`), or
+    ``None`` when ``setup.pretrain_task`` is ``None``."""
+    return pretrain_fn(setup, progress=progress).path.name if setup.pretrain_task is not None else None
 
 
 #: The faces every chapter's backbone pretraining (:func:`backbone_pretrain`) draws.

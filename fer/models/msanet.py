@@ -299,7 +299,8 @@ def resnet18_classifier(num_classes: int, *, width: float = 1.0) -> torchvision.
     return tv
 
 
-_PRE_EXTRACTOR = ("conv1", "bn1", "layer1", "layer2")
+#: torchvision ResNet-18 modules that make the pre-extractor (``model.stem``), in order.
+_PRE_EXTRACTOR = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2")
 
 
 def load_resnet18(model: nn.Module, state: Dict[str, torch.Tensor]) -> nn.Module:
@@ -316,8 +317,7 @@ def load_resnet18(model: nn.Module, state: Dict[str, torch.Tensor]) -> nn.Module
 
 
 def _stem_of(tv: torchvision.models.ResNet) -> nn.Sequential:
-    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2")
-    return nn.Sequential(OrderedDict((n, getattr(tv, n)) for n in names))
+    return nn.Sequential(OrderedDict((n, getattr(tv, n)) for n in _PRE_EXTRACTOR))
 
 
 def _zero_init_residuals(model: nn.Module, *, stem: bool) -> None:
