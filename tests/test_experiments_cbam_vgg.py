@@ -6,6 +6,8 @@ The numbers checked here are the paper's and the architecture's; the runs use th
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -164,6 +166,15 @@ def test_build_model_scales_and_loads_the_face_stand_in(tmp_path, monkeypatch):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(m.eval().features(x), face.model.eval().features(x), rtol=1e-4, atol=1e-5)
+    # with batch_norm the stand-in's conv base loads as trained, norms and statistics included
+    bn = C.build_model("vgg16_cbam", input_size=64, width=s.width, weights="synfer-face", face_run=face.path.name,
+                       batch_norm=True)
+    assert sum(isinstance(x, torch.nn.BatchNorm2d) for x in bn.features) == 13
+    for (k, v), (k2, v2) in zip(bn.features.state_dict().items(), face.model.features.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    for weights in ("vggface", "imagenet"):  # real VGG16 weights have no batch norm
+        with pytest.raises(ValueError, match="no batch norm"):
+            C.build_model("vgg16_gap", input_size=64, width=s.width, weights=weights, batch_norm=True, load=False)
     facts = C.face_facts(s, face)
     assert (facts["task"], facts["faces"], facts["epochs"]) == ("landmarks", s.pretrain_n, s.pretrain_epochs)
     assert 0 < facts["rmse_px"] and 0 < facts["mean_shape_rmse_px"] < s.input_size
@@ -260,3 +271,40 @@ def test_localisation_table_on_maps_with_a_known_answer(monkeypatch):
     asked.clear()
     C.localisation_table({"plain": (plain, "config")}, ds, targets="predicted")
     assert asked == [None]
+
+
+def test_batch_norm_reaches_every_vgg16_row_and_its_record(monkeypatch):
+    """``Setup.batch_norm`` builds each VGG16 row with its norms, names it in the run's spec
+    and in the recorded builder (what ``fer.predict`` rebuilds), and leaves other rows and
+    runs without it untouched; the paper profile refuses it."""
+    captured = {}
+    monkeypatch.setattr(C, "run", lambda name, config, build, *a, spec=None, **k: captured.setdefault(
+        name, (build, spec)))
+    monkeypatch.setattr(C, "face_pretrain", lambda *a, **k: pytest.fail("the face run is passed in"))
+    face = SimpleNamespace(path=Path("/runs/cbam_vgg-smoke-face-pretrain-0123"))
+    data = C.ChapterData(None, None, None, "none")
+    for batch_norm in (False, True):
+        s = C.Setup(batch_norm=batch_norm, finetune="all")
+        for row in ("a", "d", "g", "cbam"):
+            captured.clear()
+            C.run_row(s, data, row, face=face, progress=False)
+            (build, spec), = captured.values()
+            vgg = row != "a"
+            assert spec.get("batch_norm", False) == (batch_norm and vgg), (row, spec)
+            assert build.keywords.get("batch_norm", False) == (batch_norm and vgg), row
+            if row == "d":  # from scratch in the SynFER profiles: no file to read
+                model = build()
+                assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.features) == batch_norm
+    assert "batch norm after each conv" in C.Setup(batch_norm=True).scale()
+    assert "batch norm" not in C.Setup().scale()
+    assert "keeps" in C.norm_text(C.Setup(batch_norm=True)) and "folded" in C.norm_text(C.Setup())
+    with pytest.raises(ValueError, match="profiles.yml"):
+        C.Setup(profile="paper", batch_norm=True)
+
+
+def test_rows_text_names_what_the_paper_profile_adds():
+    assert C.rows_text(["g"]).startswith("This profile trains row (g); rows (a), (b), (d), (e), (f) are left out")
+    assert "rows (b), (e) are left out" in C.rows_text(["a", "d", "f", "g"])
+    assert C.rows_text(["a", "b", "d", "e", "f", "g"]) == "This profile trains every buildable row: (a), (b), (d), (e), (f), (g)."
+    with pytest.raises(ValueError, match="profiles.yml"):
+        C.rows_text(["z"])

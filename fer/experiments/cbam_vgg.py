@@ -44,11 +44,22 @@ holds what the chapter's notebooks share:
    distillation from dlib's face network (``benchmarks/bench_pretrain.py``, issue 17):
    an identity base learns to ignore expressions, and fine-tuned from it the demo's
    rows stayed at the majority-class level. The pretraining VGG16 has a batch norm after
-   each conv, folded into the plain VGG16's convs when it loads
-   (:func:`fer.experiments._common.load_conv_base`): the plain VGG16 at the demo's width
-   does not train from scratch in the demo's budget, the batch-norm one does, and the
-   folded start computes exactly what it learned. The ``paper`` profile loads the real
+   each conv: the plain VGG16 at the demo's width does not train from scratch in the
+   demo's budget, the batch-norm one does. The ``paper`` profile loads the real
    VGG-Face weights (:func:`fer.models.load_vggface`) and torchvision's ImageNet weights.
+
+.. note::
+   **Batch norm in the SynFER profiles** (``Setup.batch_norm``, a departure the ``demo``
+   profile takes and the ``paper`` profile refuses: VGG-Face has none). With it, every
+   VGG16 row keeps a batch norm after each conv (torchvision's ``vgg16_bn`` layout) and
+   loads the stand-in's conv base as it was trained, norms included. Without it, the
+   norms are folded into the plain VGG16's convs
+   (:func:`fer.experiments._common.load_conv_base`): the start computes exactly what the
+   stand-in learned, but the plain network then fine-tunes badly. Measured on the demo's
+   data (seed 0, row g, 12 epochs, 2026-12-03): folded, all layers at lr 1e-4 29.8 %
+   test accuracy, at 3e-4 32.3 %, at 1e-3 2.2 % (diverged); with batch norm at 1e-4
+   31.3 %, at 1e-3 47.3 % (the proposed model 43.2 %), against a majority class of
+   20.8 %. The MANet chapter made the same choice for the same reason.
 
 .. note::
    **Fine-tuning in the demo** (``finetune="all"``, a departure from the paper's staged
@@ -56,9 +67,10 @@ holds what the chapter's notebooks share:
    stage learns next to nothing: VGG16's classifier starts at N(0, 0.01) behind two
    dropouts, and in the demo's few head epochs its logits barely move, while every later
    stage has a learning rate ten times smaller. So in the demo every pre-trained row
-   trains all its layers from the first step at ``finetune_lr`` (below ``lr``: the
-   start is worth keeping) for ``sum(stage_epochs)`` epochs, with the same class weights
-   and flips; rows from scratch train all layers at ``lr`` for as many epochs.
+   trains all its layers from the first step at ``finetune_lr`` for ``sum(stage_epochs)``
+   epochs, with the same class weights and flips; rows from scratch train all layers at
+   ``lr`` for as many epochs. The demo sets ``finetune_lr`` to ``lr``: with the batch norms
+   kept (next note) a tenth of it left row (g) under the learned bar.
 
 .. note::
    **Rows that cannot be built.** Row (c), ResNet-50 pre-trained on VGGFace2, needs
@@ -109,6 +121,7 @@ __all__ = [
     "training_counts",
     "face_pretrain",
     "face_facts",
+    "norm_text",
     "finetune_text",
     "build_model",
     "row_weights",
@@ -118,6 +131,7 @@ __all__ = [
     "row_run_name",
     "run_seeds",
     "accuracy_by_seed",
+    "rows_text",
     "row_label",
     "figure7_model",
     "figure7_table",
@@ -204,6 +218,9 @@ class Setup(ProfileSetup):
             time) or ``"all"`` (every layer from the first step at ``finetune_lr``; the demo's,
             module note) for rows that start from pre-trained weights.
         finetune_lr: the learning rate of ``finetune="all"`` (``None``: ``lr / 10``).
+        batch_norm: a batch norm after each conv of every VGG16 row, the stand-in's norms
+            loaded as trained (SynFER profiles only; module note). ``False``: the paper's
+            plain VGG16, the stand-in's norms folded into its convs.
         seeds: training seeds of the paper's central comparison, CBAM against row (g)
             (:func:`run_seeds`); ``None``: ``(seed,)``. Every seed trains on the same data
             draw (``seed``) from the same pre-trained start: what varies is the head's
@@ -230,6 +247,7 @@ class Setup(ProfileSetup):
     pretrain_task: str = "landmarks"
     finetune: str = "staged"
     finetune_lr: float | None = None
+    batch_norm: bool = False
     seeds: tuple[int, ...] | None = None
     device: str = "auto"
 
@@ -239,6 +257,9 @@ class Setup(ProfileSetup):
         if self.finetune not in FINETUNE:
             raise ValueError(f"finetune must be one of {FINETUNE}, got {self.finetune!r} (book/profiles.yml, cbam_vgg)")
         check_task(self.pretrain_task, chapter="cbam_vgg")
+        if self.batch_norm and self.profile == "paper":
+            raise ValueError("batch_norm is a SynFER-profile departure: VGG-Face (the paper profile) has no batch "
+                             "norm; remove it from book/profiles.yml, cbam_vgg: paper")
         object.__setattr__(self, "stage_epochs", tuple(int(e) for e in self.stage_epochs))
         seeds = (self.seed,) if self.seeds is None else tuple(int(x) for x in self.seeds)
         if not seeds or len(set(seeds)) != len(seeds):
@@ -275,6 +296,8 @@ class Setup(ProfileSetup):
         sizes = (f"{len(data.train)}/{len(data.val)}/{len(data.test)} faces (train/val/test)" if data is not None
                  else f"n = {self.n_train}/{self.n_val}/{self.n_test}")
         width = "VGG16 full width" if self.width == 1 else f"VGG16 at width {self.width:g} (channels x {self.width:g})"
+        if self.batch_norm:
+            width += " with a batch norm after each conv"
         stages = " + ".join(str(e) for e in self.stage_epochs)
         schedule = (f"epochs {stages} (head + {self.unfreeze} unfreezing stages)" if self.finetune == "staged"
                     else f"{self.epochs} epochs, all layers (pre-trained rows at lr {self.all_layers_lr:g})")
@@ -359,8 +382,9 @@ def face_pretrain(setup: Setup, *, progress: bool = True) -> RunResult:
     ``pretrain_n`` faces of ``pretrain_identities`` people (every expression, the
     FER2013-like rendering, a seed the expression data never uses), all layers trained
     from scratch with Adam for ``pretrain_epochs`` (:func:`fer.experiments.pretraining.pretrain`);
-    a tenth as many faces of the same draw score it. Only its conv base is reused, its
-    norms folded into the plain VGG16's convs (:func:`build_model`).
+    a tenth as many faces of the same draw score it. Only its conv base is reused: as
+    trained where ``setup.batch_norm``, else its norms folded into the plain VGG16's convs
+    (:func:`build_model`).
     """
     build = partial(create_model, "vgg16_gap", img_size=setup.input_size, width=setup.width,
                     norm_layer=nn.BatchNorm2d)
@@ -374,6 +398,17 @@ def face_facts(setup: Setup, face: RunResult) -> dict[str, Any]:
     (:func:`fer.experiments.pretraining.pretrain_facts`: task, faces, epochs, held-out score
     and what knowing nothing scores)."""
     return pretrain_facts(setup, face, task=setup.pretrain_task, variant="fer2013", seed=setup.seed)
+
+
+def norm_text(setup: Setup) -> str:
+    """How the stand-in's batch norms reach the VGG16 rows in this profile, for the pages
+    (module note on batch norm)."""
+    if setup.batch_norm:
+        return ("with a batch norm after each conv, which this profile keeps in every VGG16 row (a departure: "
+                "the paper's VGG16 has none, but with its norms folded away the narrow network fine-tuned far "
+                "worse on this data; the measurement is in the module notes of fer.experiments.cbam_vgg)")
+    return ("with a batch norm after each conv that is folded into the plain VGG16's convs when it loads "
+            "(the paper's VGG16 has none)")
 
 
 def finetune_text(setup: Setup) -> str:
@@ -409,7 +444,8 @@ def buildable(row: str | PaperRow) -> bool:
 
 
 def build_model(name: str, *, input_size: int, width: float = 1.0, weights: str | None = None,
-                face_run: str | None = None, num_classes: int = 7, load: bool = True) -> nn.Module:
+                face_run: str | None = None, num_classes: int = 7, load: bool = True,
+                batch_norm: bool = False) -> nn.Module:
     """A Figure 7 model at this chapter's scale, with its starting weights loaded.
 
     Args:
@@ -423,10 +459,16 @@ def build_model(name: str, *, input_size: int, width: float = 1.0, weights: str 
         load: load ``weights``; ``False`` builds the same model with the ``pretrained_cfg``
             (normalisation) of ``weights`` but reads no file: the probe that
             :func:`run_row` takes its :func:`train_config` from.
+        batch_norm: a batch norm after each conv of a VGG16 (``Setup.batch_norm``); real
+            VGG-Face and ImageNet VGG16 weights have none and refuse it.
     """
     kw: dict[str, Any] = {"num_classes": num_classes, "img_size": input_size}
     if name in _WIDTH_MODELS:
         kw["width"] = width
+        if batch_norm:
+            if weights in ("vggface", "imagenet"):
+                raise ValueError(f"{weights} VGG16 weights have no batch norm: build {name} with batch_norm=False")
+            kw["norm_layer"] = nn.BatchNorm2d
     elif name == "small_cnn":
         kw["widths"] = tuple(max(4, int(round(c * width))) for c in (32, 64, 128, 256))
     if weights == "imagenet":
@@ -492,17 +534,19 @@ def run_row(setup: Setup, data: ChapterData, row: str, *, face: RunResult | None
     # The pre-training run is named by its folder (name-hash) under the runs root, so the
     # hash of this run follows it and does not depend on where the repository lives.
     face_name = None if face_run is None else Path(face_run).name
+    # Only a VGG16 takes batch_norm, and only when set (runs without it keep their names).
+    norm = {"batch_norm": True} if setup.batch_norm and r.model in _WIDTH_MODELS else {}
     build = partial(build_model, r.model, input_size=setup.input_size, width=setup.width, weights=weights,
-                    face_run=face_name)
+                    face_run=face_name, **norm)
     # The probe carries the pretrained_cfg of the weights the run loads (no file read), so the
     # normalisation is theirs: ImageNet VGG16 (row d) must not get VGG-Face's mean pixel.
     probe = build_model(r.model, input_size=setup.input_size, width=setup.width, weights=weights,
-                        face_run=face_name, load=False)
+                        face_run=face_name, load=False, **norm)
     config = train_config(setup, probe, pretrained=weights is not None)
     if seed is not None:
         config = dataclasses.replace(config, seed=seed)
     spec = {"row": r.key, "model": r.model, "weights": weights, "width": setup.width,
-            "face_run": face_name}
+            "face_run": face_name, **norm}
     return run(row_run_name(setup, row, seed), config, build, data.train, data.val,
                eval_sets=data.eval_sets(), spec=spec, progress=progress)
 
@@ -529,6 +573,21 @@ def accuracy_by_seed(runs: Mapping[str, Sequence[RunResult]], split: str = "test
     """``{row: {training seed: metric in %}}`` of :func:`run_seeds`' runs on ``split``."""
     return {row: {int(r.run.config.seed): 100.0 * float(r.metrics[split][metric]) for r in rs}
             for row, rs in runs.items()}
+
+
+def rows_text(rows: Sequence[str]) -> str:
+    """Which of Figure 7's rows a page trains and which it leaves to the ``paper`` profile, for the pages."""
+    unknown = [r for r in rows if r not in _ROWS]
+    if unknown:
+        raise ValueError(f"unknown Figure 7 rows {unknown}: choose from {list(_ROWS)} (book/profiles.yml, the page's rows)")
+    def names(keys: Sequence[str]) -> str:
+        return ", ".join(f"({k})" for k in keys)
+    left = [r.key for r in FIGURE7 if buildable(r) and r.key != "cbam" and r.key not in rows]
+    if not left:
+        return f"This profile trains every buildable row: {names(rows)}."
+    text = f"This profile trains row{'s' if len(rows) != 1 else ''} {names(rows)}"
+    return (text + f"; rows {names(left)} are left out of it to spend its CPU budget on seeds and training "
+            "length instead (the `paper` profile trains every buildable row).")
 
 
 def row_label(row: str, setup: Setup) -> str:
