@@ -136,6 +136,7 @@ __all__ = [
     "package_fingerprint",
     "page_code_fingerprint",
     "page_groups",
+    "after_all",
     "environment_fingerprint",
     "cache_key",
     "missing_weight_files",
@@ -1055,17 +1056,29 @@ def page_groups(root: Path, notebooks: Sequence[Path]) -> list[list[Path]]:
     """``notebooks`` grouped by the chapter whose runs they train or load, each group in book
     order: what ``--jobs N`` executes side by side (a group's pages one after another).
 
-    A page's group is the first chapter its metadata names (:func:`page_chapters`: so
+    A page's group is the chapter its metadata names (:func:`page_chapters`: so
     ``book/beyond/photo``, which loads the CBAM chapter's runs, follows that chapter's pages),
-    else its folder. Two pages that share runs are then never executed at once, and no run
-    is trained twice.
+    else its folder. A page that names several chapters (``book/beyond/compare``, which loads
+    every chapter's runs) goes into a last group of such pages, which the runner starts only
+    when every other group has finished (:func:`after_all`). Two pages that share runs are
+    then never executed at once, and no run is trained twice.
     """
     groups: dict[str, list[Path]] = {}
+    last: list[Path] = []
     for rel in notebooks:
+        if after_all(root, rel):
+            last.append(rel)
+            continue
         named = [c for c in page_chapters(root, rel) if c != chapter_of(rel)]
         key = named[0] if named else (chapter_of(rel) or "/".join(rel.parts[:-1]))
         groups.setdefault(key, []).append(rel)
-    return list(groups.values())
+    return list(groups.values()) + ([last] if last else [])
+
+
+def after_all(root: Path, rel: Path) -> bool:
+    """Whether page ``rel`` names more than one chapter other than its own (:func:`page_chapters`):
+    it uses their runs, so ``--jobs N`` executes it after every chapter (:func:`page_groups`)."""
+    return len([c for c in page_chapters(root, rel) if c != chapter_of(rel)]) > 1
 
 
 def missing_weight_files(paths: BookPaths, notebooks: Sequence[Path], profile: str) -> list[Any]:
@@ -1174,10 +1187,21 @@ def run_notebooks(
     env = _kernel_environment(profile, device or "auto", paths.root,
                               dry_runs=paths.dry_runs if dry_run else None,
                               datasets=None if dry_run else dataset_store(paths, package_dir))
+    # Pages that use several chapters' runs (the last group, page_groups) start after the others.
+    waves = ([groups[:-1], groups[-1:]] if jobs > 1 and groups and all(after_all(paths.root, r) for r in groups[-1])
+             else [groups])
     with env, concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = [pool.submit(work, [by_rel[rel] for rel in group]) for group in groups]
-        running = len(futures)
-        while running:
+        running = 0
+        while running or waves:
+            if not running:
+                wave = waves.pop(0)
+                if failure is not None:
+                    break
+                for group in wave:
+                    pool.submit(work, [by_rel[rel] for rel in group])
+                running = len(wave)
+                if not running:
+                    continue
             item = done.get()
             if item is None:
                 running -= 1

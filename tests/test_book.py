@@ -513,5 +513,45 @@ def test_jobs_run_chapters_side_by_side_and_a_chapters_pages_in_order() -> None:
         assert group == [p for p in pages if p in group]  # book order within a group
     cbam = next(g for g in groups if Path("book/cbam_vgg/method.ipynb") in g)
     assert cbam[-1] == Path("book/beyond/photo.ipynb")  # it loads the CBAM runs: after them, never beside
-    assert {len({p.parts[1] for p in g} - {"beyond"}) for g in groups} == {1}
-    assert len(groups) == 6  # datasets and the five chapters
+    # the comparison loads every chapter's runs: a last group of its own, started after the others
+    assert groups[-1] == [Path("book/beyond/compare.ipynb")]
+    assert book.after_all(REPO_ROOT, Path("book/beyond/compare.ipynb"))
+    assert not book.after_all(REPO_ROOT, Path("book/beyond/photo.ipynb"))
+    assert {len({p.parts[1] for p in g} - {"beyond"}) for g in groups[:-1]} == {1}
+    assert len(groups) == 7  # datasets, the five chapters, and the comparison
+
+
+def test_a_page_using_several_chapters_starts_after_them_under_jobs(
+        tiny_book: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --jobs, chapters run side by side, and a page naming several of them waits for all."""
+    import threading
+    import time
+
+    toc = yaml.safe_load((tiny_book / "_toc.yml").read_text())
+    toc["parts"].append({"caption": "More", "chapters": [{"file": "book/c1/a"}, {"file": "book/c2/b"},
+                                                         {"file": "book/beyond/all"}]})
+    (tiny_book / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    for rel in ("book/c1/a", "book/c2/b", "book/beyond/all"):
+        _notebook(tiny_book / f"{rel}.ipynb", "print(1)", parameters=PARAMS, title=rel)
+    nb = nbformat.read(tiny_book / "book/beyond/all.ipynb", as_version=4)
+    nb.metadata["fer_chapters"] = ["c1", "c2"]
+    nbformat.write(nb, tiny_book / "book/beyond/all.ipynb")
+    profiles = yaml.safe_load((tiny_book / "book/profiles.yml").read_text())
+    profiles.update({f"{rel}.ipynb": {"demo": {}, "paper": {}} for rel in ("book/c1/a", "book/c2/b", "book/beyond/all")})
+    (tiny_book / "book/profiles.yml").write_text(yaml.safe_dump(profiles))
+    spans: dict[str, tuple[float, float]] = {}
+    lock = threading.Lock()
+
+    def fake_run_one(paths, job, profile, force, progress, dry_run=False):
+        start = time.monotonic()
+        time.sleep(0.3)
+        with lock:
+            spans[job.rel.as_posix()] = (start, time.monotonic())
+        return book.NotebookResult(job.rel.as_posix(), profile, {}, seconds=0.3)
+
+    monkeypatch.setattr(book, "_run_one", fake_run_one)
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--jobs", "3") == 0
+    last = spans.pop("book/beyond/all.ipynb")
+    assert last[0] >= max(end for _, end in spans.values())  # started once every other page had finished
+    a, b = spans["book/c1/a.ipynb"], spans["book/c2/b.ipynb"]
+    assert a[0] < b[1] and b[0] < a[1]  # the two chapters ran side by side
