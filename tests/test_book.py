@@ -537,7 +537,8 @@ def test_a_page_using_several_chapters_starts_after_them_under_jobs(
     nb.metadata["fer_chapters"] = ["c1", "c2"]
     nbformat.write(nb, tiny_book / "book/beyond/all.ipynb")
     profiles = yaml.safe_load((tiny_book / "book/profiles.yml").read_text())
-    profiles.update({f"{rel}.ipynb": {"demo": {}, "paper": {}} for rel in ("book/c1/a", "book/c2/b", "book/beyond/all")})
+    profiles.update({f"{rel}.ipynb": {"demo": {}, "paper": {}}
+                     for rel in ("book/c1/a", "book/c2/b", "book/beyond/all")})
     (tiny_book / "book/profiles.yml").write_text(yaml.safe_dump(profiles))
     spans: dict[str, tuple[float, float]] = {}
     lock = threading.Lock()

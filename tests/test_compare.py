@@ -20,7 +20,8 @@ def fake_run(seed: int, acc: float, mca: float) -> SimpleNamespace:
 def test_pairs_name_each_paper_and_its_numbers():
     assert [p.chapter for p in K.PAIRS] == ["cbam_vgg", "manet", "mapnet", "msanet", "masked"]
     # the papers' own numbers, as printed (CBAM: Figure 7 test; MAPNet: Table 2; masked: Table 3 total)
-    assert (K.pair("cbam_vgg").paper_accuracy["proposed"], K.pair("cbam_vgg").paper_accuracy["baseline"]) == (71.43, 69.67)
+    cbam = K.pair("cbam_vgg").paper_accuracy
+    assert (cbam["proposed"], cbam["baseline"]) == (71.43, 69.67)
     assert K.pair("mapnet").paper_gain == pytest.approx(87.26 - 84.48)
     assert K.pair("msanet").paper_gain == pytest.approx(86.32 - 82.59)
     assert K.pair("manet").paper_gain == pytest.approx(claims.manet_paper_gap("ours", "vgg"))
@@ -87,8 +88,8 @@ def test_paper_scale_models_and_the_cost_frame():
                                                K.input_side(s)) for role in K.ROLES}
     f = K.cost_frame(models, batches=(1, 2), repeats=1, progress=False)
     assert list(f["input px"]) == [s.image_size] * 2
-    assert {"parameters (M)", "MFLOPs / image", "latency ms, batch 1", "latency ms, batch 2", "images / s, largest batch",
-            "device"} <= set(f)
+    assert {"parameters (M)", "MFLOPs / image", "latency ms, batch 1", "latency ms, batch 2",
+            "images / s, largest batch", "device"} <= set(f)
     assert (f["MFLOPs / image"] > 0).all() and (f["latency ms, batch 2"] > 0).all()
     # MAPNet's two parallel trunks cost more than the single-trunk baseline
     by = f.set_index("role")

@@ -305,6 +305,7 @@ def test_batch_norm_reaches_every_vgg16_row_and_its_record(monkeypatch):
 def test_rows_text_names_what_the_paper_profile_adds():
     assert C.rows_text(["g"]).startswith("This profile trains row (g); rows (a), (b), (d), (e), (f) are left out")
     assert "rows (b), (e) are left out" in C.rows_text(["a", "d", "f", "g"])
-    assert C.rows_text(["a", "b", "d", "e", "f", "g"]) == "This profile trains every buildable row: (a), (b), (d), (e), (f), (g)."
+    assert (C.rows_text(["a", "b", "d", "e", "f", "g"])
+            == "This profile trains every buildable row: (a), (b), (d), (e), (f), (g).")
     with pytest.raises(ValueError, match="profiles.yml"):
         C.rows_text(["z"])

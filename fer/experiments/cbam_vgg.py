@@ -579,7 +579,8 @@ def rows_text(rows: Sequence[str]) -> str:
     """Which of Figure 7's rows a page trains and which it leaves to the ``paper`` profile, for the pages."""
     unknown = [r for r in rows if r not in _ROWS]
     if unknown:
-        raise ValueError(f"unknown Figure 7 rows {unknown}: choose from {list(_ROWS)} (book/profiles.yml, the page's rows)")
+        raise ValueError(f"unknown Figure 7 rows {unknown}: choose from {list(_ROWS)} "
+                         "(book/profiles.yml, the page's rows)")
     def names(keys: Sequence[str]) -> str:
         return ", ".join(f"({k})" for k in keys)
     left = [r.key for r in FIGURE7 if buildable(r) and r.key != "cbam" and r.key not in rows]

@@ -314,7 +314,8 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def example_inputs(chapter: str, batch: int, size: int, *, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+def example_inputs(chapter: str, batch: int, size: int, *,
+                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
     """Random inputs the pair's models of ``chapter`` take: ``(images,)``, and for MAPNet
     ``(images, mask)`` with an all-ones face mask."""
     pair(chapter)
@@ -405,12 +406,14 @@ def cost_frame(models: Mapping[tuple[str, str, str], tuple[nn.Module, int]], *, 
         batches, repeats = sorted({min(int(b), _dry_run.BATCH) for b in batches}), 1
     rows = []
     dev = torch.device(device)
-    for (chapter, role, scale), (model, size) in tqdm(list(models.items()), desc="cost", disable=bar_disabled(progress)):
+    items = tqdm(list(models.items()), desc="cost", disable=bar_disabled(progress))
+    for (chapter, role, scale), (model, size) in items:
         p = pair(chapter)
         model = model.to(dev).eval()
+        flops = flops_per_image(model, example_inputs(chapter, 1, size, device=dev))
         row: dict[str, Any] = {"paper": p.paper, "model": p.labels[role], "role": role, "scale": scale,
                                "input px": int(size), "parameters (M)": parameter_count(model) / 1e6,
-                               "MFLOPs / image": flops_per_image(model, example_inputs(chapter, 1, size, device=dev)) / 1e6}
+                               "MFLOPs / image": flops / 1e6}
         for b in batches:
             ms = latency_ms(model, example_inputs(chapter, b, size, device=dev), repeats=repeats)
             row[f"latency ms, batch {b}"] = ms
