@@ -79,6 +79,10 @@ def test_paper_scale_models_and_the_cost_frame():
     gap, cbam = K.paper_scale_model("cbam_vgg", "baseline"), K.paper_scale_model("cbam_vgg", "proposed")
     assert K.parameter_count(cbam) - K.parameter_count(gap) == 66_130
     assert K.paper_scale_model("masked", "proposed").num_classes == 4
+    # MSA-Net at the paper profile's settings: Res2Net's hierarchy in the proposed model only
+    full, base = K.paper_scale_model("msanet", "proposed"), K.paper_scale_model("msanet", "baseline")
+    assert {b.hierarchy for b in full.modules() if hasattr(b, "hierarchy")} == {"res2net"}
+    assert not any(hasattr(b, "hierarchy") for b in base.modules())
     assert K.example_inputs("mapnet", 2, 32)[1].shape == (2, 1, 32, 32)
     assert len(K.example_inputs("msanet", 2, 32)) == 1
     # the cost frame on small models as the page builds it (MAPNet gets its mask)

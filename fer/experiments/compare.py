@@ -92,7 +92,6 @@ class Pair:
         models: ``{role: registered model name}`` (:func:`fer.models.create_model`).
         paper_accuracy: ``{role: the paper's accuracy in %}`` on ``paper_data``.
         paper_data: the dataset of ``paper_accuracy``.
-        page: the chapter page with the evidence, relative to ``book/``.
         num_classes: classes of the chapter's task.
     """
 
@@ -103,7 +102,6 @@ class Pair:
     models: Mapping[str, str]
     paper_accuracy: Mapping[str, float]
     paper_data: str
-    page: str
     num_classes: int = 7
 
     @property
@@ -125,27 +123,24 @@ PAIRS: tuple[Pair, ...] = (
     Pair("cbam_vgg", "VGG16 + CBAM", {"baseline": "g", "proposed": "cbam"},
          {"baseline": "VGG16 + GAP (row g)", "proposed": "VGG16 + CBAM"},
          {"baseline": "vgg16_gap", "proposed": "vgg16_cbam"},
-         {"baseline": _figure7("g"), "proposed": _figure7("cbam")}, "FER2013 (PrivateTest)",
-         "cbam_vgg/experiment2"),
+         {"baseline": _figure7("g"), "proposed": _figure7("cbam")}, "FER2013 (PrivateTest)"),
     Pair("manet", "MANet", {"baseline": "vgg", "proposed": "ours"},
          {"baseline": "VGG16 fine-tuned", "proposed": "MANet"},
          {"baseline": "manet_vgg16", "proposed": "manet"},
-         {"baseline": _manet_raf("vgg"), "proposed": _manet_raf("ours")}, "RAF-DB", "manet/raf"),
+         {"baseline": _manet_raf("vgg"), "proposed": _manet_raf("ours")}, "RAF-DB"),
     Pair("mapnet", "MAPNet", {"baseline": "baseline", "proposed": "wcl"},
          {"baseline": "ResNet baseline", "proposed": "MAPNet"},
          {"baseline": "mapnet_baseline", "proposed": "mapnet"},
-         {"baseline": mapnet.TABLE2["baseline"][0], "proposed": mapnet.TABLE2["wcl"][0]}, "RAF-DB",
-         "mapnet/ablation"),
+         {"baseline": mapnet.TABLE2["baseline"][0], "proposed": mapnet.TABLE2["wcl"][0]}, "RAF-DB"),
     Pair("msanet", "MSA-Net", {"baseline": "baseline", "proposed": "full"},
          {"baseline": "ResNet-18 baseline", "proposed": "MSA-Net"},
          {"baseline": "msanet_baseline", "proposed": "msanet"},
-         {"baseline": msanet.TABLE3["baseline"]["raf"], "proposed": msanet.PROPOSED["raf"]["accuracy"]}, "RAF-DB",
-         "msanet/ablation"),
+         {"baseline": msanet.TABLE3["baseline"]["raf"], "proposed": msanet.PROPOSED["raf"]["accuracy"]}, "RAF-DB"),
     Pair("masked", "Masked FER", {"baseline": "vgg11", "proposed": "fecn"},
          {"baseline": "VGG11", "proposed": "FECN"},
          {"baseline": "vgg11", "proposed": "fecn"},
          {"baseline": masked.TABLE3["vgg11"]["total"], "proposed": masked.TABLE3["fecn"]["total"]},
-         "RAF-DB with pasted masks (4 classes)", "masked/stage2", num_classes=4),
+         "RAF-DB with pasted masks (4 classes)", num_classes=4),
 )
 _BY_CHAPTER = {p.chapter: p for p in PAIRS}
 
@@ -373,17 +368,16 @@ def trained_model(result: RunResult) -> nn.Module:
 
 def paper_scale_model(chapter: str, role: str) -> nn.Module:
     """The pair's ``role`` model of ``chapter`` at the paper's scale (full width, 224 px),
-    random weights, as the ``paper`` profile builds it (no file read)."""
+    random weights, with the architecture the ``paper`` profile sets (no file read)."""
     p = pair(chapter)
-    name = p.models[role]
     if chapter == "msanet":
-        kw: dict[str, Any] = {"width": 1.0, "zero_init_last": True}
-        if role == "proposed":
-            kw["hierarchy"] = "res2net"
-        return create_model(name, num_classes=7, img_size=224, **kw)
+        s = msanet.Setup.for_profile("paper")
+        return msanet.build_model(p.rows[role], input_size=s.input_size, width=s.width, hierarchy=s.hierarchy,
+                                  zero_init_last=s.zero_init_last)
     if chapter == "masked":
-        return create_model(name, num_classes=4, img_size=224, width=1.0, batch_norm=False, head="vgg")
-    return create_model(name, num_classes=p.num_classes, img_size=224)
+        return create_model(p.models[role], num_classes=p.num_classes,
+                            **masked.model_kwargs(masked.Setup.for_profile("paper")))
+    return create_model(p.models[role], num_classes=p.num_classes, img_size=224)
 
 
 def cost_frame(models: Mapping[tuple[str, str, str], tuple[nn.Module, int]], *, batches: Sequence[int] = (1, 32),
