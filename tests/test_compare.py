@@ -128,3 +128,155 @@ def test_a_dry_run_times_one_small_pass(monkeypatch):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 7))
     f = K.cost_frame({("msanet", "baseline", "as trained"): (model, 16)}, batches=(1, 32), repeats=9, progress=False)
     assert [c for c in f if c.startswith("latency")] == ["latency ms, batch 1", f"latency ms, batch {_dry_run.BATCH}"]
+
+
+# --------------------------------------------------------------------------- probes: where models look, robustness
+
+
+def probe_faces_for(chapter: str) -> K.Probe:
+    import importlib
+
+    return K.probe_for(chapter, importlib.import_module(f"fer.experiments.{chapter}").Setup())
+
+
+def test_each_pair_is_probed_on_its_chapters_test_variant():
+    probes = {p.chapter: probe_faces_for(p.chapter) for p in K.PAIRS}
+    assert {ch: pr.variant for ch, pr in probes.items()} == {
+        "cbam_vgg": "fer2013", "manet": "wild", "mapnet": "wild", "msanet": "wild", "masked": "masked"}
+    assert probes["cbam_vgg"].image_size == 48 and probes["masked"].classes == ("anger", "happy", "neutral", "surprise")
+    from fer.experiments import msanet
+
+    assert probes["msanet"].image_size == msanet.Setup().input_size
+    faces = K.probe_faces(probes["masked"], 8, relevance=True, occluder_prob=0.0)
+    assert set(faces.tensors) == {"image", "label", "landmarks", "relevance"}
+    assert int(faces.tensors["label"].max()) < 4
+    # its own seed: not the chapter's test faces
+    other = K.probe_faces(K.Probe("masked", "masked", 64, probes["masked"].classes, probes["masked"].seed - 4000), 8)
+    assert not torch.equal(other.tensors["image"], faces.tensors["image"])
+
+
+def test_yaw_levels_turn_every_face_by_that_angle():
+    from fer.data import SynFER
+
+    for level in (0.0, 40.0):
+        ds = SynFER("wild", "test", n=12, seed=3, **K.yaw_overrides(level))
+        yaws = [abs(ds.describe(i)["yaw"]) for i in range(len(ds))]
+        assert yaws == pytest.approx([level] * 12)
+        assert all(ds.describe(i)["occluder"] == "none" for i in range(len(ds)))
+
+
+def _changed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a != b).any(dim=1)
+
+
+def test_occluders_grow_in_place_and_stay_grey_on_grey_faces():
+    pr = probe_faces_for("cbam_vgg")
+    t = K.probe_faces(pr, 6, occluder_prob=0.0).tensors
+    img, lm = t["image"], t["landmarks"]
+    assert torch.equal(K.occlude(img, lm, side=0.0, seed=1), img)
+    small, big = (K.occlude(img, lm, side=s, seed=1) for s in (0.2, 0.5))
+    ds, db = _changed(small, img), _changed(big, img)
+    assert (ds & ~db).sum() == 0 and db.sum() > ds.sum() > 0  # same centre: the big patch covers the small one
+    assert (big[:, 0] == big[:, 1]).all() and (big[:, 1] == big[:, 2]).all()  # grey stays grey
+    assert torch.equal(K.occlude(img, lm, side=0.5, seed=1), big)  # deterministic
+
+
+def test_mask_coverage_keeps_the_lowest_share_of_the_pasted_mask():
+    from fer.data.masks import paste_face_mask
+
+    pr = probe_faces_for("msanet")
+    t = K.probe_faces(pr, 4, occluder_prob=0.0).tensors
+    img, lm = t["image"], t["landmarks"]
+    assert torch.equal(K.cover_with_mask(img, lm, coverage=0.0, seed=2), img)
+    cover = {c: _changed(K.cover_with_mask(img, lm, coverage=c, seed=2), img).sum(dim=(1, 2)) for c in (0.5, 0.75, 1.0)}
+    assert ((0 < cover[0.5]) & (cover[0.5] < cover[0.75]) & (cover[0.75] <= cover[1.0])).all()
+    full = K.cover_with_mask(img, lm, coverage=1.0, seed=2)
+    want, _ = paste_face_mask(img[0], lm[0], "surgical", "white", np.random.default_rng([2, 0]))
+    assert torch.equal(full[0], want)
+    half = _changed(K.cover_with_mask(img, lm, coverage=0.5, seed=2), img)[0]
+    rows = torch.nonzero(half.any(dim=1)).flatten()
+    whole = torch.nonzero(_changed(full, img)[0].any(dim=1)).flatten()
+    assert rows.min() > whole.min() and rows.max() <= whole.max()  # the top of the mask is cut, not the bottom
+    with pytest.raises(ValueError, match="coverage"):
+        K.cover_with_mask(img, lm, coverage=1.5, seed=2)
+
+
+def test_lower_resolution_removes_detail_and_keeps_flat_faces():
+    checker = ((torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 255).to(torch.uint8)
+    img = checker.expand(2, 3, 16, 16).clone()
+    assert torch.equal(K.lower_resolution(img, scale=1.0), img)
+    low = K.lower_resolution(img, scale=0.5)
+    assert low.shape == img.shape and low.dtype == torch.uint8
+    assert int(low.max()) - int(low.min()) <= 1  # the checkerboard averages out
+    flat = torch.full((1, 3, 16, 16), 77, dtype=torch.uint8)
+    assert torch.equal(K.lower_resolution(flat, scale=0.25), flat)
+
+
+class _Constant(nn.Module):
+    """Always class ``k``; a conv layer for Grad-CAM."""
+
+    def __init__(self, k: int, classes: int = 7) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, classes)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.bias.zero_()
+            self.fc.bias[k] = 10.0
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).relu().mean(dim=(2, 3)))
+
+
+def test_robustness_and_localisation_frames_score_every_model_seed_and_level():
+    from fer.train import TrainConfig
+
+    probe = K.Probe("msanet", "wild", 32, None, 0)
+    models = {"baseline": [(s, _Constant(0), TrainConfig(seed=s)) for s in (0, 1)],
+              "proposed": [(s, _Constant(1), TrainConfig(seed=s)) for s in (0, 1)]}
+    pairs = {"msanet": K.TrainedPair("msanet", probe, models)}
+    sweeps = {"|yaw| (degrees)": (0.0, 40.0), "resolution (% of the side)": (100.0, 50.0)}
+    rob = K.robustness_frame(pairs, n=14, sweeps=sweeps, progress=False)
+    assert len(rob) == 2 * 2 * 2 * 2  # nuisances x levels x roles x seeds
+    y = K.sweep_faces(probe, "|yaw| (degrees)", (40.0,), 14)[40.0][1]
+    got = rob[(rob["level"] == 40.0) & (rob["role"] == "proposed")]["accuracy"]
+    assert got.tolist() == pytest.approx([100 * float((y == 1).float().mean())] * 2)
+    gaps = K.robustness_gaps(rob)
+    assert list(gaps["nuisance"]) == list(sweeps) and (gaps["seeds"] == 2).all()
+    res = gaps.set_index("nuisance").loc["resolution (% of the side)"]
+    assert (res["easiest"], res["hardest"]) == (100.0, 50.0)  # resolution is hardest at its smallest level
+    assert (gaps["verdict"] == "inconclusive").all()  # two seeds cannot carry a verdict
+    with pytest.raises(ValueError, match="unknown nuisance"):
+        K.sweep_faces(probe, "rain", (1.0,), 4)
+    loc = K.localisation_frame(pairs, n=7, progress=False)
+    assert list(loc["map"]) == ["Grad-CAM", "Grad-CAM"] and (loc["seeds"] == 2).all()
+    assert loc["energy (chance)"].between(0, 1).all() and "energy on evidence SE" in loc
+
+
+def test_robustness_gaps_judge_the_drop_by_the_book_rule():
+    import pandas as pd
+
+    rows = []
+    for seed, (b0, b1, p0, p1) in enumerate(((60, 40, 62, 58), (61, 42, 63, 57), (59, 40, 61, 58))):
+        for role, (easy, hard) in (("baseline", (b0, b1)), ("proposed", (p0, p1))):
+            rows += [{"paper": "MAPNet", "role": role, "seed": seed, "nuisance": "occluder side (% of face width)",
+                      "level": lv, "accuracy": a} for lv, a in ((0.0, easy), (50.0, hard))]
+    g = K.robustness_gaps(pd.DataFrame(rows)).iloc[0]
+    want = claims.claim_verdict([58 - 62, 57 - 63, 58 - 61], [40 - 60, 42 - 61, 40 - 59])
+    assert g["proposed loses less by"] == pytest.approx(want.gain) and g["verdict"] == want.verdict == "holds"
+    assert (g["baseline, easiest"], g["proposed, hardest"]) == (pytest.approx(60), pytest.approx(173 / 3))
+
+
+def test_localisation_text_counts_maps_clear_of_chance():
+    import pandas as pd
+
+    loc = pd.DataFrame({"map": ["Grad-CAM", "Grad-CAM", "own: CBAM spatial"],
+                        "energy on evidence": [0.30, 0.16, 0.40], "energy on evidence SE": [0.01, 0.01, np.nan],
+                        "energy (chance)": [0.15, 0.15, 0.15]})
+    assert K.beats_chance(loc).tolist() == [True, False, False]  # no SE (one seed): not shown
+    assert K.localisation_text(loc) == ("Grad-CAM does for 1 of the 2 models; the models' own attention maps, "
+                                        "for 0 of 1")
