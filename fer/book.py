@@ -122,6 +122,8 @@ import yaml
 
 __all__ = [
     "PROFILES",
+    "THREAD_ENV",
+    "kernel_threads",
     "REQUIRED_PARAMETERS",
     "FAILED_TAG",
     "BookError",
@@ -543,16 +545,34 @@ def stage_sources(paths: BookPaths, pages: Sequence[Path]) -> None:
 # --------------------------------------------------------------------------- execution
 
 
+#: The thread-count variables a kernel's PyTorch, NumPy and OpenCV read at import.
+THREAD_ENV: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def kernel_threads(jobs: int, cpus: int | None = None) -> int | None:
+    """CPU threads each kernel may use when ``jobs`` run at once: the machine's ``cpus``
+    shared out (at least 1), so ``--jobs`` kernels do not oversubscribe the cores; ``None``
+    (each library's default) for one job at a time."""
+    if jobs <= 1:
+        return None
+    return max(1, (cpus if cpus is not None else os.cpu_count() or 1) // jobs)
+
+
 @contextlib.contextmanager
 def _kernel_environment(profile: str, device: str = "auto", root: Path | None = None,
-                        dry_runs: Path | None = None, datasets: Path | None = None) -> Iterator[None]:
+                        dry_runs: Path | None = None, datasets: Path | None = None,
+                        threads: int | None = None) -> Iterator[None]:
     """Set the environment the kernels inherit; restore it afterwards.
 
     ``dry_runs``: a dry run, whose training runs go to that folder (``FER_RUNS``).
     ``datasets``: where the kernels keep the datasets they render (``FER_CACHE``), unless
     the user's environment names a folder already.
+    ``threads``: each kernel's CPU threads (:data:`THREAD_ENV`), unless the user's
+    environment sets them already.
     """
     updates = dict(_KERNEL_ENV, FER_PROFILE=profile, FER_DEVICE=device)
+    if threads is not None:
+        updates.update({name: str(threads) for name in THREAD_ENV if not os.environ.get(name)})
     if dry_runs is not None:
         updates.update(FER_DRY_RUN="1", FER_RUNS=str(dry_runs))
     if datasets is not None and not os.environ.get("FER_CACHE"):
@@ -1184,7 +1204,7 @@ def run_notebooks(
     groups = page_groups(paths.root, [job.rel for job in plan]) if jobs > 1 else [[job.rel] for job in plan]
     by_rel = {job.rel: job for job in plan}
     bar = tqdm(total=len(plan), desc=f"notebooks ({profile})", unit="nb")
-    env = _kernel_environment(profile, device or "auto", paths.root,
+    env = _kernel_environment(profile, device or "auto", paths.root, threads=kernel_threads(jobs),
                               dry_runs=paths.dry_runs if dry_run else None,
                               datasets=None if dry_run else dataset_store(paths, package_dir))
     # Pages that use several chapters' runs (the last group, page_groups) start after the others.

@@ -5,6 +5,7 @@ They run offline on CPU: each notebook execution is a kernel start plus a print.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -556,3 +557,14 @@ def test_a_page_using_several_chapters_starts_after_them_under_jobs(
     assert last[0] >= max(end for _, end in spans.values())  # started once every other page had finished
     a, b = spans["book/c1/a.ipynb"], spans["book/c2/b.ipynb"]
     assert a[0] < b[1] and b[0] < a[1]  # the two chapters ran side by side
+
+
+def test_kernels_share_the_cores_under_jobs(monkeypatch):
+    assert book.kernel_threads(1, cpus=16) is None  # one page at a time: each library's default
+    assert (book.kernel_threads(2, cpus=2), book.kernel_threads(3, cpus=2), book.kernel_threads(2, cpus=16)) == (1, 1, 8)
+    for name in book.THREAD_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # the user's own setting wins
+    with book._kernel_environment("smoke", threads=1):
+        assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "3"
+    assert "OMP_NUM_THREADS" not in os.environ  # restored afterwards
