@@ -10,6 +10,7 @@ from torch import nn
 
 from fer.experiments import claims
 from fer.experiments import compare as K
+from fer.experiments import probes as P
 
 
 def fake_run(seed: int, acc: float, mca: float) -> SimpleNamespace:
@@ -133,7 +134,7 @@ def test_a_dry_run_times_one_small_pass(monkeypatch):
 # --------------------------------------------------------------------------- probes: where models look, robustness
 
 
-def probe_faces_for(chapter: str) -> K.Probe:
+def probe_faces_for(chapter: str) -> P.Probe:
     import importlib
 
     return K.probe_for(chapter, importlib.import_module(f"fer.experiments.{chapter}").Setup())
@@ -147,69 +148,12 @@ def test_each_pair_is_probed_on_its_chapters_test_variant():
     from fer.experiments import msanet
 
     assert probes["msanet"].image_size == msanet.Setup().input_size
-    faces = K.probe_faces(probes["masked"], 8, relevance=True, occluder_prob=0.0)
+    faces = P.probe_faces(probes["masked"], 8, relevance=True, occluder_prob=0.0)
     assert set(faces.tensors) == {"image", "label", "landmarks", "relevance"}
     assert int(faces.tensors["label"].max()) < 4
     # its own seed: not the chapter's test faces
-    other = K.probe_faces(K.Probe("masked", "masked", 64, probes["masked"].classes, probes["masked"].seed - 4000), 8)
+    other = P.probe_faces(P.Probe("masked", "masked", 64, probes["masked"].classes, probes["masked"].seed - 4000), 8)
     assert not torch.equal(other.tensors["image"], faces.tensors["image"])
-
-
-def test_yaw_levels_turn_every_face_by_that_angle():
-    from fer.data import SynFER
-
-    for level in (0.0, 40.0):
-        ds = SynFER("wild", "test", n=12, seed=3, **K.yaw_overrides(level))
-        yaws = [abs(ds.describe(i)["yaw"]) for i in range(len(ds))]
-        assert yaws == pytest.approx([level] * 12)
-        assert all(ds.describe(i)["occluder"] == "none" for i in range(len(ds)))
-
-
-def _changed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a != b).any(dim=1)
-
-
-def test_occluders_grow_in_place_and_stay_grey_on_grey_faces():
-    pr = probe_faces_for("cbam_vgg")
-    t = K.probe_faces(pr, 6, occluder_prob=0.0).tensors
-    img, lm = t["image"], t["landmarks"]
-    assert torch.equal(K.occlude(img, lm, side=0.0, seed=1), img)
-    small, big = (K.occlude(img, lm, side=s, seed=1) for s in (0.2, 0.5))
-    ds, db = _changed(small, img), _changed(big, img)
-    assert (ds & ~db).sum() == 0 and db.sum() > ds.sum() > 0  # same centre: the big patch covers the small one
-    assert (big[:, 0] == big[:, 1]).all() and (big[:, 1] == big[:, 2]).all()  # grey stays grey
-    assert torch.equal(K.occlude(img, lm, side=0.5, seed=1), big)  # deterministic
-
-
-def test_mask_coverage_keeps_the_lowest_share_of_the_pasted_mask():
-    from fer.data.masks import paste_face_mask
-
-    pr = probe_faces_for("msanet")
-    t = K.probe_faces(pr, 4, occluder_prob=0.0).tensors
-    img, lm = t["image"], t["landmarks"]
-    assert torch.equal(K.cover_with_mask(img, lm, coverage=0.0, seed=2), img)
-    cover = {c: _changed(K.cover_with_mask(img, lm, coverage=c, seed=2), img).sum(dim=(1, 2)) for c in (0.5, 0.75, 1.0)}
-    assert ((0 < cover[0.5]) & (cover[0.5] < cover[0.75]) & (cover[0.75] <= cover[1.0])).all()
-    full = K.cover_with_mask(img, lm, coverage=1.0, seed=2)
-    want, _ = paste_face_mask(img[0], lm[0], "surgical", "white", np.random.default_rng([2, 0]))
-    assert torch.equal(full[0], want)
-    half = _changed(K.cover_with_mask(img, lm, coverage=0.5, seed=2), img)[0]
-    rows = torch.nonzero(half.any(dim=1)).flatten()
-    whole = torch.nonzero(_changed(full, img)[0].any(dim=1)).flatten()
-    assert rows.min() > whole.min() and rows.max() <= whole.max()  # the top of the mask is cut, not the bottom
-    with pytest.raises(ValueError, match="coverage"):
-        K.cover_with_mask(img, lm, coverage=1.5, seed=2)
-
-
-def test_lower_resolution_removes_detail_and_keeps_flat_faces():
-    checker = ((torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 255).to(torch.uint8)
-    img = checker.expand(2, 3, 16, 16).clone()
-    assert torch.equal(K.lower_resolution(img, scale=1.0), img)
-    low = K.lower_resolution(img, scale=0.5)
-    assert low.shape == img.shape and low.dtype == torch.uint8
-    assert int(low.max()) - int(low.min()) <= 1  # the checkerboard averages out
-    flat = torch.full((1, 3, 16, 16), 77, dtype=torch.uint8)
-    assert torch.equal(K.lower_resolution(flat, scale=0.25), flat)
 
 
 class _Constant(nn.Module):
@@ -235,7 +179,7 @@ class _Constant(nn.Module):
 def test_robustness_and_localisation_frames_score_every_model_seed_and_level():
     from fer.train import TrainConfig
 
-    probe = K.Probe("msanet", "wild", 32, None, 0)
+    probe = P.Probe("msanet", "wild", 32, None, 0)
     models = {"baseline": [(s, _Constant(0), TrainConfig(seed=s)) for s in (0, 1)],
               "proposed": [(s, _Constant(1), TrainConfig(seed=s)) for s in (0, 1)]}
     pairs = {"msanet": K.TrainedPair("msanet", probe, models)}

@@ -546,8 +546,10 @@ MSANET_CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("ms", "baseline", "raf"), ("as", "ms", "raf"), ("full", "as", "raf"),
     ("as", "baseline", "pose30"), ("as", "baseline", "pose45"))
 _MSANET_NAMES = {"baseline": "the baseline", "ms": "MS", "as": "AS", "full": "MSA-Net"}
-_MSANET_WHERE = {"raf": "on RAF-DB", "affectnet": "on AffectNet", "pose30": "on faces with |yaw| >= 30 (AffectNet)",
-                 "pose45": "on faces with |yaw| >= 45 (AffectNet)"}
+_MSANET_WHERE = {"raf": "on RAF-DB", "affectnet": "on AffectNet", "pose30": "on faces with |yaw| >= 30 ({})",
+                 "pose45": "on faces with |yaw| >= 45 ({})"}
+#: What the MSA-Net pose columns are made of, per kind of profile (:func:`msanet_claims`).
+MSANET_POSE_DATA = {"paper": "AffectNet", "synfer": "SynFER wild, turned"}
 
 
 def _msanet_paper_value(row: str, column: str) -> float | None:
@@ -558,13 +560,15 @@ def _msanet_paper_value(row: str, column: str) -> float | None:
     return msanet.TABLE3[row].get(column)
 
 
-def msanet_claims(frame: Any) -> list[dict[str, Any]]:
+def msanet_claims(frame: Any, *, pose_data: str = MSANET_POSE_DATA["paper"]) -> list[dict[str, Any]]:
     """MSA-Net's ablation and pose claims (:data:`MSANET_CLAIMS`), each judged by
     :func:`claim_verdict` on the seeds both rows ran (paired).
 
     ``frame``: :func:`fer.experiments.msanet.ablation_frame` (columns ``row``, ``column``,
-    ``seed``, ``accuracy`` in %). The paper's number is its Table 3 step (Tables 1 and 2 for
-    the full network). Rows for :func:`claims_table`.
+    ``seed``, ``accuracy`` in %), with the SynFER profiles' pose columns from
+    :func:`fer.experiments.probes.msanet_pose`; ``pose_data`` names what the pose columns
+    were scored on (:data:`MSANET_POSE_DATA`). The paper's number is its Table 3 step (Tables
+    1 and 2 for the full network). Rows for :func:`claims_table`.
     """
     acc: dict[tuple[str, str], dict[int, float]] = {}
     for rec in frame[["row", "column", "seed", "accuracy"]].itertuples(index=False):
@@ -575,7 +579,7 @@ def msanet_claims(frame: Any) -> list[dict[str, Any]]:
             continue
         a, b = _paired(acc[(better, column)], acc[(worse, column)])
         hi, lo = _msanet_paper_value(better, column), _msanet_paper_value(worse, column)
-        claim = f"{_MSANET_NAMES[better]} beats {_MSANET_NAMES[worse]} {_MSANET_WHERE[column]}"
+        claim = f"{_MSANET_NAMES[better]} beats {_MSANET_NAMES[worse]} {_MSANET_WHERE[column].format(pose_data)}"
         out.append({"claim": claim, "paper": None if hi is None or lo is None else hi - lo,
                     "verdict": claim_verdict(a, b, claim=claim)})
     return out

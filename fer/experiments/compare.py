@@ -13,6 +13,11 @@ five together (``book/beyond/compare.ipynb``, issue 18 part 2):
 * :func:`cost_frame`: parameters, FLOPs per image (``torch.utils.flop_counter``) and latency
   per image at batch 1 and 32, for each model as trained in the profile and at the papers'
   scale (full width, 224 px, random weights);
+* :func:`localisation_frame`: where each model looks (Grad-CAM and its own attention,
+  :func:`own_attention`) against SynFER's ground truth of where the expression is;
+* :func:`robustness_frame` and :func:`robustness_gaps`: accuracy as one nuisance grows
+  (:data:`SWEEPS`: |yaw|, an occluder, a face mask, resolution) on probe faces
+  (:mod:`fer.experiments.probes`), and whether each mechanism loses less than its baseline;
 * :func:`paper_frame`: the papers' own accuracies, RAF-DB in its own column where a paper
   reports it, never mixed with ours.
 
@@ -50,14 +55,14 @@ import torch
 from torch import nn
 
 from .. import _dry_run
-from ..data.cached import CachedDataset, cache_dataset
-from ..data.masks import PAPER_MASK_PATTERNS, face_mask, paste_face_mask
-from ..data.synfer import SynFER, get_variant
+from ..data.cached import CachedDataset
+from ..data.synfer import get_variant
 from ..data.transforms import model_input
 from ..models import create_model
 from ..runs import RunResult
-from ..train import default_output_to_logits
 from . import _common, cbam_vgg, claims, manet, mapnet, masked, msanet
+from .probes import (PROBE_SEED_OFFSET, Probe, cover_with_mask, face_masks_of, lower_resolution, occlude, probe_faces,
+                     probe_logits, yaw_overrides)
 
 __all__ = [
     "Pair",
@@ -79,22 +84,14 @@ __all__ = [
     "cost_frame",
     "cost_ratios",
     "ratio_text",
-    "PROBE_SEED_OFFSET",
-    "Probe",
     "probe_for",
-    "probe_faces",
-    "probe_logits",
     "TrainedPair",
     "trained_pair",
     "manet_attention",
     "own_attention",
     "gradcam",
     "localisation_frame",
-    "occlude",
-    "cover_with_mask",
-    "lower_resolution",
     "SWEEPS",
-    "yaw_overrides",
     "sweep_faces",
     "robustness_frame",
     "robustness_gaps",
@@ -468,25 +465,6 @@ def ratio_text(ratios: Any, scale: str) -> str:
 # =========================================================================== probe faces
 
 
-#: Seed offset of this page's own SynFER faces (:func:`probe_faces`): no run trains or is
-#: tested on them, and no chapter explains on them (its training and test faces use the
-#: chapter seed, the face pretraining ``+1000``, the explanation faces ``+2000``).
-PROBE_SEED_OFFSET = 4000
-
-
-@dataclass(frozen=True)
-class Probe:
-    """How a chapter's pair sees faces drawn for this page: the SynFER ``variant`` that stands
-    in for the chapter's test data, the ``image_size`` its faces are stored at, the chapter's
-    ``classes`` in its label order (``None``: the variant's 7) and the chapter's data ``seed``."""
-
-    chapter: str
-    variant: str
-    image_size: int
-    classes: tuple[str, ...] | None
-    seed: int
-
-
 def _stored_side(setup: Any, attr: str) -> int:
     return int(getattr(setup, attr, None) or input_side(setup))
 
@@ -507,46 +485,6 @@ def probe_for(chapter: str, setup: Any) -> Probe:
                      int(setup.data_seed))
     return Probe(chapter, "masked", _stored_side(setup, "image_size"), tuple(masked.PAPER_CLASSES),
                  int(setup.data_seed))
-
-
-def probe_faces(probe: Probe, n: int, *, relevance: bool = False, progress: bool = False,
-                **overrides: Any) -> CachedDataset:
-    """``n`` class-balanced SynFER test faces of ``probe``'s variant, with ``overrides`` of its
-    nuisances (e.g. ``occluder_prob=0.0``), drawn with ``probe.seed + PROBE_SEED_OFFSET``:
-    ``image``, ``label`` and ``landmarks`` (and ``relevance``), cached. A dry run draws
-    :data:`fer._dry_run.EXPLAIN` faces at most."""
-    if _dry_run.dry_run():
-        n = min(n, _dry_run.EXPLAIN)
-    ds = SynFER(probe.variant, "test", n=n, seed=probe.seed + PROBE_SEED_OFFSET, image_size=probe.image_size,
-                classes=probe.classes, class_balance="uniform", with_relevance=relevance, **overrides)
-    keys = ("image", "label", "landmarks") + (("relevance",) if relevance else ())
-    return cache_dataset(ds, keys=keys, progress=progress, desc=f"SynFER {probe.variant} probe")
-
-
-def _face_masks(images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-    """MAPNet's input masks for ``images`` (as the chapter derives them from the landmarks)."""
-    m = face_mask(landmarks.float(), tuple(images.shape[-2:]), missing="ones")
-    return torch.as_tensor(m).to(torch.uint8).unsqueeze(1)
-
-
-def probe_logits(chapter: str, model: nn.Module, config: Any, images: torch.Tensor, landmarks: torch.Tensor, *,
-                 batch: int = 64) -> torch.Tensor:
-    """Class scores of a trained ``model`` of ``chapter`` (run ``config``) on uint8 ``images``, fed
-    as the run is evaluated: resized and normalised, with face masks from ``landmarks`` for
-    MAPNet, the whole face for MSA-Net. ``N x K`` float32, on the CPU."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    with torch.inference_mode():
-        for s in range(0, len(images), batch):
-            img = images[s:s + batch]
-            if chapter == "mapnet":
-                x, m = mapnet.model_input({"image": img, "mask": _face_masks(img, landmarks[s:s + batch])}, config)
-                y = model(x.to(device), m.to(device))
-            else:
-                y = model(model_input(img, config).to(device))
-            out.append(default_output_to_logits(y).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
 
 
 @dataclass
@@ -601,7 +539,7 @@ def gradcam(chapter: str, model: nn.Module, faces: CachedDataset, config: Any) -
     t = faces.tensors
     targets = t["label"].tolist()
     if chapter == "mapnet":
-        return mapnet.gradcam_maps(model, {"image": t["image"], "mask": _face_masks(t["image"], t["landmarks"])},
+        return mapnet.gradcam_maps(model, {"image": t["image"], "mask": face_masks_of(t["image"], t["landmarks"])},
                                    config, targets=targets)
     return _common.gradcam_maps(model, t["image"], config, targets=targets)
 
@@ -648,67 +586,6 @@ def localisation_frame(pairs: Mapping[str, TrainedPair], *, n: int, progress: bo
 # =========================================================================== robustness
 
 
-def occlude(images: torch.Tensor, landmarks: torch.Tensor, *, side: float, seed: int) -> torch.Tensor:
-    """Each face with one square patch, ``side`` times the face's width (jaw landmarks 1 to 17)
-    on a side, centred on one of its inner landmarks (18 to 68), of one flat colour (grey on a
-    grey face). Centre and
-    colour are drawn per face from ``seed`` alone, so faces differ between sides only in size."""
-    out = images.clone()
-    size = images.shape[-1]
-    lm = landmarks.float().numpy()
-    for i in range(len(images)):
-        rng = np.random.default_rng([seed, i])
-        cx, cy = lm[i, rng.integers(17, 68)]
-        colour = torch.as_tensor(rng.integers(0, 256, size=3), dtype=torch.uint8)
-        if bool((images[i] == images[i, :1]).all()):  # a grey face (FER2013-like) gets a grey patch
-            colour = colour[:1].expand(3)
-        half = 0.5 * side * float(np.linalg.norm(lm[i, 16] - lm[i, 0]))
-        if half <= 0:
-            continue
-        x0, x1 = (int(np.clip(round(v), 0, size)) for v in (cx - half, cx + half))
-        y0, y1 = (int(np.clip(round(v), 0, size)) for v in (cy - half, cy + half))
-        out[i, :, y0:y1, x0:x1] = colour[:, None, None]
-    return out
-
-
-def cover_with_mask(images: torch.Tensor, landmarks: torch.Tensor, *, coverage: float, seed: int) -> torch.Tensor:
-    """Each face with a face mask (:func:`fer.data.masks.paste_face_mask`, the masked-FER
-    paper's three patterns in turn) of which only the lowest ``coverage`` share of its height
-    is kept: 1 = the whole mask (nose bridge to under the chin), 0.5 = from the mouth down, 0 =
-    no mask."""
-    if not 0 <= coverage <= 1:
-        raise ValueError(f"coverage must be in [0, 1], got {coverage}")
-    out = images.clone()
-    if coverage == 0:
-        return out
-    for i in range(len(images)):
-        style, colour = PAPER_MASK_PATTERNS[i % len(PAPER_MASK_PATTERNS)]
-        covered, where = paste_face_mask(images[i], landmarks[i], style, colour, np.random.default_rng([seed, i]))
-        if coverage >= 1:
-            out[i] = covered
-            continue
-        rows = torch.nonzero(where.any(dim=1)).flatten()
-        if len(rows) == 0:
-            continue
-        top, bottom = int(rows.min()), int(rows.max()) + 1
-        keep = where.bool().clone()
-        keep[: int(round(bottom - coverage * (bottom - top)))] = False
-        out[i] = torch.where(keep, covered, images[i])
-    return out
-
-
-def lower_resolution(images: torch.Tensor, *, scale: float) -> torch.Tensor:
-    """``images`` brought down to ``scale`` of their side (area averaging) and back up (bilinear):
-    the detail of a smaller face at the same input size."""
-    size = images.shape[-1]
-    small = max(4, int(round(size * scale)))
-    if small >= size:
-        return images.clone()
-    x = torch.nn.functional.interpolate(images.float(), size=(small, small), mode="area")
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8)
-
-
 #: The robustness curves: nuisance -> its levels, varied one at a time on probe faces with the
 #: others as in the chapter's test variant (occluders off). ``|yaw|`` in degrees (every face
 #: at that yaw), occluder side and mask coverage in % (0: none), resolution in % of the side.
@@ -718,12 +595,6 @@ SWEEPS: dict[str, tuple[float, ...]] = {
     "face-mask coverage (%)": (0.0, 50.0, 75.0, 100.0),
     "resolution (% of the side)": (100.0, 50.0, 33.0, 25.0),
 }
-
-
-def yaw_overrides(level: float) -> dict[str, Any]:
-    """SynFER variant overrides that turn every face by ``|yaw| = level`` degrees (either side),
-    without occluders: a half-normal this wide is always clipped to ``max_yaw``."""
-    return {"max_yaw": float(level), "yaw_sigma": 1e6, "yaw_uniform": 0.0, "occluder_prob": 0.0}
 
 
 def sweep_faces(probe: Probe, nuisance: str, levels: Sequence[float], n: int, *,
