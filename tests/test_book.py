@@ -323,6 +323,8 @@ def test_repository_book_sources_build(tmp_path: Path) -> None:
     assert book.main(["--root", str(root), "--profile", "demo"]) == 0
     intro = (root / "_build/html/book/intro.html").read_text()
     assert "Attention for Facial Expression Recognition" in intro
+    # every page loads the script that sorts result tables, and the build ships it
+    assert "sortable-tables.js" in intro and (root / "_build/html/_static/sortable-tables.js").is_file()
     for author in ("Ghimire", "Gan", "Ju", "Ghadai", "Hayashi", "Woo", "Fukui", "Sagonas"):
         assert author in intro
 
@@ -568,3 +570,14 @@ def test_kernels_share_the_cores_under_jobs(monkeypatch):
     with book._kernel_environment("smoke", threads=1):
         assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "3"
     assert "OMP_NUM_THREADS" not in os.environ  # restored afterwards
+
+
+def test_the_table_sorting_script_parses():
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node.js here to parse book/_static/sortable-tables.js")
+    import subprocess
+
+    proc = subprocess.run([node, "--check", str(REPO_ROOT / "book/_static/sortable-tables.js")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
