@@ -58,6 +58,7 @@ from .. import _dry_run
 from ..data.cached import CachedDataset
 from ..data.synfer import get_variant
 from ..data.transforms import model_input
+from ..metrics import accuracy
 from ..models import create_model
 from ..runs import RunResult
 from . import _common, cbam_vgg, claims, manet, mapnet, masked, msanet
@@ -645,10 +646,10 @@ def robustness_frame(pairs: Mapping[str, TrainedPair], *, n: int,
         for level, (x, y, lm) in sweep_faces(tp.probe, nuisance, sweeps[nuisance], n).items():
             for role in ROLES:
                 for seed, model, config in tp.models[role]:
-                    pred = probe_logits(chapter, model, config, x, lm).argmax(dim=1)
+                    logits = probe_logits(chapter, model, config, x, lm)
                     rows.append({"paper": p.paper, "model": p.labels[role], "role": role, "seed": seed,
                                  "nuisance": nuisance, "level": float(level),
-                                 "accuracy": 100.0 * float((pred == y).float().mean()), "faces": int(len(y))})
+                                 "accuracy": 100.0 * accuracy(logits, y), "faces": int(len(y))})
     return pd.DataFrame(rows)
 
 

@@ -31,6 +31,7 @@ from ..data.cached import CachedDataset, cache_dataset
 from ..data.masks import PAPER_MASK_PATTERNS, face_mask, paste_face_mask
 from ..data.synfer import SynFER
 from ..data.transforms import model_input
+from ..metrics import accuracy, mean_class_accuracy
 from ..train import default_output_to_logits
 from . import mapnet
 
@@ -113,7 +114,6 @@ def probe_logits(chapter: str, model: nn.Module, config: Any, images: torch.Tens
     return torch.cat(out) if out else torch.empty(0)
 
 
-
 def yaw_overrides(level: float) -> dict[str, Any]:
     """SynFER variant overrides that turn every face by ``|yaw| = level`` degrees (either side),
     without occluders: a half-normal this wide is always clipped to ``max_yaw``."""
@@ -123,8 +123,8 @@ def yaw_overrides(level: float) -> dict[str, Any]:
 def occlude(images: torch.Tensor, landmarks: torch.Tensor, *, side: float, seed: int) -> torch.Tensor:
     """Each face with one square patch, ``side`` times the face's width (jaw landmarks 1 to 17)
     on a side, centred on one of its inner landmarks (18 to 68), of one flat colour (grey on a
-    grey face). Centre and
-    colour are drawn per face from ``seed`` alone, so faces differ between sides only in size."""
+    grey face). Centre and colour are drawn per face from ``seed`` alone, so faces differ
+    between sides only in size."""
     out = images.clone()
     size = images.shape[-1]
     lm = landmarks.float().numpy()
@@ -200,12 +200,6 @@ def turned_faces(probe: Probe, subset: str, n: int, *, progress: bool = False
     return tuple(torch.cat([t[k] for t in parts]) for k in ("image", "label", "landmarks"))  # type: ignore[return-value]
 
 
-def _scores(pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    per_class = [float((pred[y == c] == c).float().mean()) for c in torch.unique(y)]
-    return {"accuracy": 100.0 * float((pred == y).float().mean()), "mean_class_accuracy": 100.0 * float(np.mean(per_class)),
-            "n": int(len(y))}
-
-
 def pose_frame(results: Mapping[tuple[str, int], Any], probe: Probe, n: int, *, chapter: str = "msanet",
                progress: bool = False):
     """Each run's accuracy and mean per-class accuracy (%) on the :data:`POSE_LEVELS` subsets
@@ -221,8 +215,9 @@ def pose_frame(results: Mapping[tuple[str, int], Any], probe: Probe, n: int, *, 
     for subset in POSE_LEVELS:
         x, y, lm = turned_faces(probe, subset, n, progress=progress)
         for (row, seed), res in results.items():
-            pred = probe_logits(chapter, res.model, res.run.config, x, lm).argmax(dim=1)
-            recs.append({"row": row, "column": subset, "seed": int(seed), **_scores(pred, y)})
+            logits = probe_logits(chapter, res.model, res.run.config, x, lm)
+            recs.append({"row": row, "column": subset, "seed": int(seed), "accuracy": 100.0 * accuracy(logits, y),
+                         "mean_class_accuracy": 100.0 * mean_class_accuracy(logits, y), "n": int(len(y))})
     return pd.DataFrame(recs)
 
 
