@@ -24,7 +24,7 @@ ONLY      ?=
 DRY_RUN   ?=
 BOOK_ARGS ?=
 # notebooks executed at once by `make book` (each chapter's pages in order; each kernel gets
-# cores / JOBS threads): 2 took the demo book from 60 to 43 min on a 2-core machine (2026-12-03)
+# cores / JOBS threads): 2 took the demo book from 60 to 41 min on a 2-core machine (2026-12-03)
 JOBS      ?= 2
 PYTEST_ARGS ?=
 BENCH_OUT ?= _build/bench
