@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from . import draw
@@ -218,7 +219,11 @@ def _nose(img: np.ndarray, geo: FaceGeometry, identity: Identity, light: float) 
         draw.fill(img, draw.ellipse_points(c[0], c[1], rx, 0.45 * rx, n=10), _shade(skin, 0.38))
 
 
-def _mouth(img: np.ndarray, geo: FaceGeometry, identity: Identity) -> None:
+def _mouth(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[int, float]) -> None:
+    """Lips from landmarks 48-59 / 60-67; an open mouth shows its dark inside and as much
+    of the teeth as the action units bare: the upper teeth under a raised or pulled
+    upper lip (AU 10, 12, 20), the lower ones under a stretched or depressed lower lip
+    (AU 16, 20); a dropped jaw alone (AU 26) shows a dark opening and the upper teeth's edge."""
     lm = geo.landmarks
     s = geo.scale
     outer = catmull_rom(lm[48:60], closed=True, steps=4)
@@ -226,10 +231,18 @@ def _mouth(img: np.ndarray, geo: FaceGeometry, identity: Identity) -> None:
     draw.fill(img, outer, identity.lips)
     gap = float(np.mean(lm[[65, 66, 67], 1] - lm[[63, 62, 61], 1]))
     if gap > 0.25:
+        bare_up = max(aus.get(10, 0.0), aus.get(12, 0.0), 0.2 * aus.get(20, 0.0))
+        bare_low = max(aus.get(16, 0.0), aus.get(20, 0.0), aus.get(23, 0.0))
+        teeth_col = (236, 232, 218)
         upper_in = catmull_rom(lm[[60, 61, 62, 63, 64]], steps=4)
-        teeth = np.concatenate([upper_in, upper_in[::-1] + np.array([0, 0.045 * s])])
-        draw.fill(img, inner, (72, 22, 28))
-        draw.fill_clipped(img, inner, [(teeth, (236, 232, 218))])
+        lower_in = catmull_rom(lm[[64, 65, 66, 67, 60]], steps=4)
+        shapes = [(np.concatenate([upper_in, upper_in[::-1] + np.array([0, (0.012 + 0.036 * min(bare_up, 1.0)) * s])]),
+                   teeth_col)]
+        if bare_low > 0.1:
+            shapes.append((np.concatenate([lower_in, lower_in[::-1] - np.array([0, 0.03 * min(bare_low, 1.0) * s])]),
+                           _shade(teeth_col, 0.9)))
+        draw.fill(img, inner, (52, 16, 22))
+        draw.fill_clipped(img, inner, shapes)
     seam = catmull_rom(lm[[60, 61, 62, 63, 64]], steps=4)
     draw.line(img, seam, _shade(identity.lips, 0.5), 0.009 * s)
     if gap > 0.25:
@@ -296,6 +309,115 @@ def _wrinkles(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[
         draw.line(img, catmull_rom(pts, steps=3), col(w14), th)
 
 
+def _hull(points: np.ndarray) -> np.ndarray:
+    return cv2.convexHull(np.asarray(points, np.float32)).reshape(-1, 2).astype(np.float64)
+
+
+def _shading(img: np.ndarray, geo: FaceGeometry, aus: dict[int, float]) -> None:
+    """Soft shadows: the face's relief, and the action units' folds and bulges.
+
+    Shadows are painted as darkness into a map over the face's box, blurred (the
+    blur grows with the face) and multiplied into the skin, inside the face outline
+    only. Painted before the brows, eyes, nose and lips, so those keep their colours.
+
+    * relief, always: eye sockets, the sides and underside of the nose, the hollow
+      under the lower lip, the jaw's underside;
+    * AU 4: the brows' shadow deepens over the inner eye and two vertical glabella
+      furrows; AU 1 with 4: short horizontal furrows in the middle of the forehead;
+    * AU 6 and 7: lower-lid bulge; AU 6, 9, 10, 12: nasolabial folds (deep and short for
+      9 and 10, long for 12); AU 9: creases across the nose root;
+    * AU 15: folds from the lip corners down; AU 17: the chin boss pushed up, with a
+      deep fold under the lower lip; AU 20: folds at the stretched corners; AU 23/24:
+      pressed lips bulge the skin above and below.
+    """
+    box = draw._roi(img, geo.outline, pad=2)
+    if box is None:
+        return
+    x0, y0, x1, y1 = box
+    off = np.array([x0, y0], dtype=np.float64)
+    lm = geo.landmarks - off
+    s = geo.scale
+    dark = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    a = aus.get
+
+    def paint(poly: np.ndarray, v: float) -> None:
+        if v > 0:
+            draw.fill(dark, poly, float(min(v, 255.0)))
+
+    def stroke(pts: np.ndarray, v: float, width: float) -> None:
+        if v > 0:
+            draw.line(dark, pts, float(min(v, 255.0)), width)
+
+    w1, w4, w5, w6, w7 = a(1, 0.0), a(4, 0.0), a(5, 0.0), a(6, 0.0), a(7, 0.0)
+    w9, w10, w12, w15, w17 = a(9, 0.0), a(10, 0.0), a(12, 0.0), a(15, 0.0), a(17, 0.0)
+    w20, w23 = a(20, 0.0), max(a(23, 0.0), a(24, 0.0))
+    # Eye sockets: the hull of brow and eye, darker towards the nose under AU 4.
+    for eye, brow, inner in ((EYE_R, BROW_R, 21), (EYE_L, BROW_L, 22)):
+        e = lm[eye]
+        paint(_hull(np.concatenate([lm[brow] + [0, 0.02 * s], e[[3, 4, 5, 0]] + [0, 0.015 * s]])),
+              55 + 50 * w4 - 25 * w5)
+        if w4 > 0.1:
+            inner_eye = e[3] if inner == 22 else e[0]
+            paint(draw.ellipse_points(*((lm[inner] + inner_eye) / 2), 0.06 * s, 0.035 * s), 110 * w4)
+    # Nose: sides of the bridge, wings, the shadow under the tip.
+    for a0, b0 in ((31, 39), (35, 42)):
+        paint(_hull(np.stack([lm[27], lm[29], lm[a0], lm[b0]])), 30)
+    paint(draw.ellipse_points(*(lm[33] + [0, 0.025 * s]), 0.09 * s, 0.022 * s), 70)
+    # Under the lower lip and under the jaw.
+    chin_fold = (lm[57] + lm[8]) / 2 - [0, 0.02 * s]
+    paint(draw.ellipse_points(*chin_fold, 0.1 * s, 0.025 * s), 55 + 120 * w17)
+    stroke(lm[3:14], 60, 0.04 * s)
+    # Forehead and glabella.
+    if w4 > 0.15:
+        mid = (lm[21] + lm[22]) / 2
+        for sgn in (-1, 1):
+            x = mid[0] + sgn * 0.03 * s
+            stroke(np.array([[x, mid[1] - 0.07 * s], [x - sgn * 0.006 * s, mid[1] + 0.03 * s]]), 230 * w4, 0.018 * s)
+        if w1 > 0.15:
+            for k in range(3):
+                y = mid[1] - (0.1 + 0.045 * k) * s
+                stroke(np.array([[mid[0] - 0.09 * s, y + 0.01 * s], [mid[0], y], [mid[0] + 0.09 * s, y + 0.01 * s]]),
+                       170 * min(w1, w4), 0.014 * s)
+    # Lower lids (AU 6 cheeks, AU 7 lids).
+    lid = max(w6, w7)
+    if lid > 0.1:
+        for eye in (EYE_R, EYE_L):
+            stroke(catmull_rom(lm[eye][[3, 4, 5, 0]] + [0, 0.03 * s], steps=3), 170 * lid, 0.02 * s)
+    # Nose root creases (AU 9).
+    if w9 > 0.1:
+        for k in range(3):
+            y = lm[28, 1] - 0.005 * s + 0.028 * k * s
+            stroke(np.array([[lm[28, 0] - 0.06 * s, y + 0.01 * s], [lm[28, 0], y], [lm[28, 0] + 0.06 * s, y + 0.01 * s]]),
+                   220 * w9, 0.014 * s)
+    # Nasolabial folds.
+    fold = max(w6, w9, w10, w12)
+    if fold > 0.1:
+        reach = 0.35 + 0.65 * min(1.0, w12 / max(fold, 1e-6))  # short for 9/10, long for a smile
+        for wing, corner, sgn in ((31, 48, -1), (35, 54, 1)):
+            top = lm[wing] + [sgn * 0.035 * s, -0.03 * s]
+            end = lm[corner] + [sgn * 0.03 * s, 0.05 * s]
+            pts = catmull_rom(np.stack([top, (top + end) / 2 + [sgn * 0.045 * s, 0], end]), steps=6)
+            stroke(pts[: max(2, int(round(len(pts) * reach)))], 220 * fold, 0.025 * s)
+    # Lip corners down (AU 15), stretched (AU 20).
+    for corner, sgn in ((48, -1), (54, 1)):
+        c = lm[corner]
+        if w15 > 0.1:
+            stroke(np.stack([c + [sgn * 0.01 * s, 0.01 * s], c + [sgn * 0.025 * s, 0.09 * s]]), 180 * w15, 0.02 * s)
+        if w20 > 0.1:
+            stroke(np.stack([c + [sgn * 0.02 * s, -0.03 * s], c + [sgn * 0.035 * s, 0.04 * s]]), 160 * w20, 0.018 * s)
+    # Pressed lips (AU 23/24) bulge the skin around them.
+    if w23 > 0.1:
+        stroke(catmull_rom(lm[[48, 50, 52, 54]] + [0, -0.025 * s], steps=4), 120 * w23, 0.02 * s)
+        stroke(catmull_rom(lm[[54, 56, 58, 48]] + [0, 0.03 * s], steps=4), 120 * w23, 0.02 * s)
+    sigma = max(0.6, 0.018 * s)
+    dark = cv2.GaussianBlur(dark, (0, 0), sigma)
+    inside = np.zeros_like(dark)
+    draw.fill(inside, geo.outline - off, 255)
+    f = 1.0 - (dark.astype(np.float32) / 255.0) * (inside.astype(np.float32) / 255.0) * 0.75
+    roi = img[y0:y1, x0:x1]
+    roi[...] = (roi * f[..., None] + 0.5).astype(np.uint8)
+
+
 def face_mask_polygon(geo: FaceGeometry, style: str) -> tuple[np.ndarray, list[np.ndarray]]:
     """A face mask over nose and mouth, built from the landmarks in 3D.
 
@@ -357,6 +479,7 @@ def draw_head(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[
         if front:
             draw.fill(img, ear, _shade(skin, 0.9))
             draw.line(img, ear, _shade(skin, 0.7), 0.008 * s, closed=True)
+    _shading(img, geo, aus)
     _wrinkles(img, geo, identity, aus, side)
     if geo.hair_cap is not None:
         draw.fill(img, geo.hair_cap, hair)
@@ -366,11 +489,11 @@ def draw_head(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[
                                 lm[[54]] + [0.05 * s, -0.06 * s], lm[[33]] + [0, 0.025 * s],
                                 lm[[48]] + [-0.05 * s, -0.06 * s]])
         draw.blend_fill(img, beard, hair, 0.55)
-    brow_col = _mixc(hair, (28, 22, 20), 0.45)
+    brow_col = _mixc(hair, (28, 22, 20), 0.6)
     draw.fill(img, _brow_polygon(geo, BROW_R, identity.brow_thickness, inner_last=True), brow_col)
     draw.fill(img, _brow_polygon(geo, BROW_L, identity.brow_thickness, inner_last=False), brow_col)
     _eye(img, geo, EYE_R, identity, gaze)
     _eye(img, geo, EYE_L, identity, gaze)
     _nose(img, geo, identity, light)
-    _mouth(img, geo, identity)
+    _mouth(img, geo, identity, aus)
 
