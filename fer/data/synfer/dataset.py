@@ -16,13 +16,13 @@ from ..._progress import bar_disabled
 from ..labels import LabelCounts, resolve_classes
 from .face import (
     ACTION_UNITS,
-    AU_SCALE,
     PROTOTYPES,
     UNILATERAL,
     Identity,
     Pose,
     apply_action_units,
     neutral_shape,
+    prototype_weights,
     sample_identity,
 )
 from .nuisances import background, degrade, draw_face_mask, draw_occluder, illuminate
@@ -236,9 +236,11 @@ class SynFER(LabelCounts, Dataset):
         proto = list(PROTOTYPES[expression])
         if len(proto) >= 3 and rng.random() < v.au_drop:
             proto.pop(int(rng.integers(0, len(proto))))
+        base = prototype_weights(expression, intensity)
         for au in proto:
-            w = intensity * AU_SCALE.get((expression, au), 1.0) * (1 + v.au_jitter * rng.normal())
-            aus[au] = float(np.clip(w, 0.0, 1.3))
+            w = base[au] * (1 + v.au_jitter * rng.normal())
+            if w > 0:
+                aus[au] = float(np.clip(w, 0.0, 1.3))
         if rng.random() < v.spontaneous:
             others = [au for au in ACTION_UNITS if au not in aus and au not in (14,)]
             au = int(others[rng.integers(0, len(others))])
@@ -352,7 +354,7 @@ class SynFER(LabelCounts, Dataset):
         if expression not in PROTOTYPES:
             raise ValueError(f"unknown expression {expression!r}; choose from {tuple(PROTOTYPES)}")
         sp = self.spec(i)
-        aus = {au: float(intensity * AU_SCALE.get((expression, au), 1.0)) for au in PROTOTYPES[expression]}
+        aus = {au: w for au, w in prototype_weights(expression, intensity).items() if w > 0}
         side = (sp.side or 1) if expression in UNILATERAL else 0
         label = self.classes.index(expression) if expression in self.classes else -1
         return replace(sp, expression=expression, aus=aus, intensity=float(intensity), side=side, label=label)

@@ -32,6 +32,9 @@ __all__ = [
     "ACTION_UNITS",
     "AU_NAMES",
     "PROTOTYPES",
+    "AU_SCALE",
+    "AU_ONSET",
+    "prototype_weights",
     "Identity",
     "sample_identity",
     "neutral_shape",
@@ -307,7 +310,6 @@ ACTION_UNITS: dict[int, np.ndarray] = {
     5: _disp({(37, 38): (0.0, -0.042), (36, 39): (0.0, -0.005), (40, 41): (0.0, 0.006)}),
     6: _disp({(40, 41): (0.0, -0.018), (36,): (0.002, -0.007), (17, 18): (0.0, 0.006)}),
     7: _disp({(40, 41): (0.0, -0.022), (36, 39): (0.0, -0.004), (37, 38): (0.0, 0.01)}),
-    41: _disp({(37, 38): (0.0, 0.016), (17, 18): (0.0, 0.008)}),
     9: _disp({(31,): (0.004, -0.034), (32,): (0.0, -0.03), (33,): (0.0, -0.028), (30,): (0.0, -0.016),
               (29,): (0.0, -0.008), (21,): (0.014, 0.03), (20,): (0.008, 0.02),
               (40, 41): (0.0, -0.016), (37, 38): (0.0, 0.008),
@@ -344,29 +346,56 @@ AU_NAMES: dict[int, str] = {
     1: "inner brow raiser", 2: "outer brow raiser", 4: "brow lowerer", 5: "upper lid raiser",
     6: "cheek raiser", 7: "lid tightener", 9: "nose wrinkler", 10: "upper lip raiser",
     12: "lip corner puller", 14: "dimpler", 15: "lip corner depressor", 16: "lower lip depressor",
-    17: "chin raiser", 20: "lip stretcher", 41: "lid droop",
+    17: "chin raiser", 20: "lip stretcher",
     23: "lip tightener", 25: "lips part", 26: "jaw drop",
 }
 
 #: Overall gain on :data:`ACTION_UNITS` (1.0 = the values above).
 AU_GAIN = 1.25
 
-#: EMFACS prototypes: expression -> action units.
+#: EMFACS prototypes: expression -> action units (Ekman & Friesen's EMFACS; the SynFER
+#: page's table). Several emotions have more than one EMFACS prototype; SynFER draws a
+#: weak expression in its restrained form and lets it grow into the intense one as the
+#: intensity rises (:data:`AU_ONSET`): a smile parts the lips (6+12, then 25), anger opens
+#: into a shout with bared teeth (4+5+7+23, then EMFACS's 4+5+7+10+23+25,26), sadness
+#: into crying (1+4+15, then the cheek raise of EMFACS's 6+15, tightened lids and the
+#: lower lip pulled down over parted lips: 6+7+16+25).
 PROTOTYPES: dict[str, tuple[int, ...]] = {
     "neutral": (),
     "happy": (6, 12, 25),
-    "sad": (1, 4, 15, 17, 41),
+    "sad": (1, 4, 15, 6, 7, 16, 25),
     "surprise": (1, 2, 5, 26),
     "fear": (1, 2, 4, 5, 20, 26),
     "disgust": (9, 10, 15, 17),
-    "anger": (4, 5, 7, 10, 23, 25, 26),
+    "anger": (4, 5, 7, 23, 10, 25, 26),
     "contempt": (12, 14),
 }
 #: Unilateral action units: applied to one side of the face only.
 UNILATERAL = {"contempt": (12, 14)}
-#: Fear opens the mouth less than surprise (FACS: AU 26 often weaker, with AU 25).
+#: Relative strength of an action unit in a prototype (1 when absent). Fear opens the mouth
+#: less than surprise (FACS: AU 26 often weaker, with AU 25); fear's and sadness's brow
+#: lowerer is weaker than anger's, so the inner brows still rise (1+4).
 AU_SCALE = {("fear", 26): 0.55, ("fear", 4): 0.5, ("sad", 4): 0.5, ("anger", 5): 0.6, ("anger", 26): 0.4,
             ("disgust", 15): 0.6, ("happy", 25): 0.6}
+#: Action units that join an expression only as it intensifies: (expression, AU) -> the
+#: intensity at which they start; their weight then grows linearly to its full value at 1.
+AU_ONSET = {("happy", 25): 0.3, ("anger", 10): 0.3, ("anger", 25): 0.3, ("anger", 26): 0.3,
+            ("sad", 6): 0.3, ("sad", 7): 0.3, ("sad", 16): 0.3, ("sad", 25): 0.3}
+
+
+def prototype_weights(expression: str, intensity: float) -> dict[int, float]:
+    """Each prototype action unit's weight for ``expression`` at ``intensity`` (0-1):
+    ``intensity`` x :data:`AU_SCALE`, or for the action units of :data:`AU_ONSET`, the scale
+    x the share of the way from their onset to 1 (0 below the onset)."""
+    if expression not in PROTOTYPES:
+        raise ValueError(f"unknown expression {expression!r}; choose from {tuple(PROTOTYPES)}")
+    out = {}
+    for au in PROTOTYPES[expression]:
+        scale = AU_SCALE.get((expression, au), 1.0)
+        onset = AU_ONSET.get((expression, au))
+        grow = intensity if onset is None else min(max((intensity - onset) / (1.0 - onset), 0.0), 1.0)
+        out[au] = float(scale * grow)
+    return out
 
 
 def au_displacement(au: int, *, side: int = 0) -> np.ndarray:

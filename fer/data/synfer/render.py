@@ -351,14 +351,16 @@ def _shading(img: np.ndarray, geo: FaceGeometry, aus: dict[int, float]) -> None:
     w1, w4, w5, w6, w7 = a(1, 0.0), a(4, 0.0), a(5, 0.0), a(6, 0.0), a(7, 0.0)
     w9, w10, w12, w15, w17 = a(9, 0.0), a(10, 0.0), a(12, 0.0), a(15, 0.0), a(17, 0.0)
     w20, w23 = a(20, 0.0), max(a(23, 0.0), a(24, 0.0))
+    # A brow lowered and raised at once (AU 1+4, fear's 1+2+4) hoods the eye less.
+    hood = max(0.0, w4 - 0.8 * max(w1, a(2, 0.0)))
     # Eye sockets: the hull of brow and eye, darker towards the nose under AU 4.
     for eye, brow, inner in ((EYE_R, BROW_R, 21), (EYE_L, BROW_L, 22)):
         e = lm[eye]
         paint(_hull(np.concatenate([lm[brow] + [0, 0.02 * s], e[[3, 4, 5, 0]] + [0, 0.015 * s]])),
-              55 + 50 * w4 - 25 * w5)
-        if w4 > 0.1:
+              55 + 50 * hood - 25 * w5)
+        if hood > 0.1:
             inner_eye = e[3] if inner == 22 else e[0]
-            paint(draw.ellipse_points(*((lm[inner] + inner_eye) / 2), 0.06 * s, 0.035 * s), 110 * w4)
+            paint(draw.ellipse_points(*((lm[inner] + inner_eye) / 2), 0.06 * s, 0.035 * s), 110 * hood)
     # Nose: sides of the bridge, wings, the shadow under the tip.
     for a0, b0 in ((31, 39), (35, 42)):
         paint(_hull(np.stack([lm[27], lm[29], lm[a0], lm[b0]])), 30)
@@ -389,6 +391,8 @@ def _shading(img: np.ndarray, geo: FaceGeometry, aus: dict[int, float]) -> None:
             y = lm[28, 1] - 0.005 * s + 0.028 * k * s
             stroke(np.array([[lm[28, 0] - 0.06 * s, y + 0.01 * s], [lm[28, 0], y], [lm[28, 0] + 0.06 * s, y + 0.01 * s]]),
                    220 * w9, 0.014 * s)
+        for sgn in (-1, 1):  # creases running down the sides of the nose root
+            stroke(np.array([lm[27] + [sgn * 0.03 * s, 0.0], lm[29] + [sgn * 0.05 * s, 0.01 * s]]), 200 * w9, 0.016 * s)
     # Nasolabial folds.
     fold = max(w6, w9, w10, w12)
     if fold > 0.1:
