@@ -356,3 +356,24 @@ def test_description_tables():
     expr = describe_expressions()
     assert expr.loc["surprise", "action units"] == "1 + 2 + 5 + 26"
     assert expr.loc["contempt", "unilateral"] == "yes"
+
+
+def test_intense_forms_grow_in_with_intensity():
+    """Action units of AU_ONSET are absent below their onset and reach their AU_SCALE at 1;
+    the others scale with the intensity from 0."""
+    from fer.data.synfer.face import AU_ONSET, AU_SCALE, PROTOTYPES, prototype_weights
+
+    assert AU_ONSET, "no intensity-grown action units to test"
+    for (expression, au), onset in AU_ONSET.items():
+        assert au in PROTOTYPES[expression]
+        scale = AU_SCALE.get((expression, au), 1.0)
+        assert prototype_weights(expression, onset - 0.05)[au] == 0.0
+        assert prototype_weights(expression, 1.0)[au] == pytest.approx(scale)
+        mid = (onset + 1.0) / 2
+        assert prototype_weights(expression, mid)[au] == pytest.approx(scale / 2)
+    w = prototype_weights("anger", 0.2)
+    assert w[4] == pytest.approx(0.2) and w[10] == 0.0 and w[26] == 0.0  # restrained: brows, no shout
+    ds = SynFER("clean", "test", n=4, seed=0)
+    assert ds.with_expression(0, "sad", 0.2).aus.keys() == {1, 4, 15}  # zero weights are left out
+    with pytest.raises(ValueError, match="unknown expression"):
+        prototype_weights("joy", 1.0)

@@ -26,6 +26,8 @@ Stable API (the SynFER page and SynFER's drawing work use it):
   ``"mean"``; columns ``n``, ``recall``, ``n_apex``, ``recall_apex``,
   ``confused_with``, ``confusion_share``.
 * :func:`mean_recall` -> the mean per-class recall (all faces or apex only).
+* :func:`targets_met` / :func:`realism_text` -> SynFER's :data:`TARGETS` against those
+  tables, as a frame and as the SynFER page's sentence.
 """
 from __future__ import annotations
 
@@ -44,8 +46,8 @@ from ..data.labels import CLASSES_7
 from ..data.synfer import GENERATOR_VERSION, SynFER
 from ..models.fer_judge import FER_JUDGE_CLASSES, WEIGHTS_SHA256, judge_faces, load_fer_judge
 
-__all__ = ["APEX", "PROB_COLUMNS", "INTENSITY_BINS", "PUBLISHED_ACCURACY", "TARGETS", "balanced_indices", "judge_synfer",
-           "realism_table", "mean_recall", "judge_confusion", "recall_by_intensity", "top_k", "judged_faces",
+__all__ = ["APEX", "PROB_COLUMNS", "INTENSITY_BINS", "PUBLISHED_ACCURACY", "TARGETS", "balanced_indices",
+           "judge_synfer", "realism_table", "mean_recall", "judge_confusion", "recall_by_intensity", "top_k", "judged_faces",
            "targets_met", "realism_text"]
 
 #: Intensity from which a face counts as an apex (fully developed) expression.

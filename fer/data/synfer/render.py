@@ -327,7 +327,7 @@ def _shading(img: np.ndarray, geo: FaceGeometry, aus: dict[int, float]) -> None:
     * AU 6 and 7: lower-lid bulge; AU 6, 9, 10, 12: nasolabial folds (deep and short for
       9 and 10, long for 12); AU 9: creases across the nose root;
     * AU 15: folds from the lip corners down; AU 17: the chin boss pushed up, with a
-      deep fold under the lower lip; AU 20: folds at the stretched corners; AU 23/24:
+      deep fold under the lower lip; AU 20: folds at the stretched corners; AU 23:
       pressed lips bulge the skin above and below.
     """
     box = draw._roi(img, geo.outline, pad=2)
@@ -350,7 +350,7 @@ def _shading(img: np.ndarray, geo: FaceGeometry, aus: dict[int, float]) -> None:
 
     w1, w4, w5, w6, w7 = a(1, 0.0), a(4, 0.0), a(5, 0.0), a(6, 0.0), a(7, 0.0)
     w9, w10, w12, w15, w17 = a(9, 0.0), a(10, 0.0), a(12, 0.0), a(15, 0.0), a(17, 0.0)
-    w20, w23 = a(20, 0.0), max(a(23, 0.0), a(24, 0.0))
+    w20, w23 = a(20, 0.0), a(23, 0.0)
     # A brow lowered and raised at once (AU 1+4, fear's 1+2+4) hoods the eye less.
     hood = max(0.0, w4 - 0.8 * max(w1, a(2, 0.0)))
     # Eye sockets: the hull of brow and eye, darker towards the nose under AU 4.
@@ -389,8 +389,8 @@ def _shading(img: np.ndarray, geo: FaceGeometry, aus: dict[int, float]) -> None:
     if w9 > 0.1:
         for k in range(3):
             y = lm[28, 1] - 0.005 * s + 0.028 * k * s
-            stroke(np.array([[lm[28, 0] - 0.06 * s, y + 0.01 * s], [lm[28, 0], y], [lm[28, 0] + 0.06 * s, y + 0.01 * s]]),
-                   220 * w9, 0.014 * s)
+            x = lm[28, 0]
+            stroke(np.array([[x - 0.06 * s, y + 0.01 * s], [x, y], [x + 0.06 * s, y + 0.01 * s]]), 220 * w9, 0.014 * s)
         for sgn in (-1, 1):  # creases running down the sides of the nose root
             stroke(np.array([lm[27] + [sgn * 0.03 * s, 0.0], lm[29] + [sgn * 0.05 * s, 0.01 * s]]), 200 * w9, 0.016 * s)
     # Nasolabial folds.
@@ -409,7 +409,7 @@ def _shading(img: np.ndarray, geo: FaceGeometry, aus: dict[int, float]) -> None:
             stroke(np.stack([c + [sgn * 0.01 * s, 0.01 * s], c + [sgn * 0.025 * s, 0.09 * s]]), 180 * w15, 0.02 * s)
         if w20 > 0.1:
             stroke(np.stack([c + [sgn * 0.02 * s, -0.03 * s], c + [sgn * 0.035 * s, 0.04 * s]]), 160 * w20, 0.018 * s)
-    # Pressed lips (AU 23/24) bulge the skin around them.
+    # Tightened lips (AU 23) bulge the skin around them.
     if w23 > 0.1:
         stroke(catmull_rom(lm[[48, 50, 52, 54]] + [0, -0.025 * s], steps=4), 120 * w23, 0.02 * s)
         stroke(catmull_rom(lm[[54, 56, 58, 48]] + [0, 0.03 * s], steps=4), 120 * w23, 0.02 * s)
