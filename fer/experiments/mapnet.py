@@ -126,6 +126,7 @@ __all__ = [
     "Setup",
     "ChapterData",
     "profile_setups",
+    "face_masks",
     "with_face_masks",
     "load_data",
     "affectnet_subset",
@@ -361,6 +362,13 @@ class ChapterData(ChapterSplits):
         return out
 
 
+def face_masks(landmarks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """MAPNet's input masks: uint8 ``N x 1 x H x W`` from ``N x 68 x 2`` pixel landmarks, the
+    convex hull of the landmarks (:func:`fer.data.masks.face_mask`), all ones where they are
+    missing (NaN, a failed detection)."""
+    return torch.as_tensor(face_mask(landmarks.float(), size, missing="ones")).to(torch.uint8).unsqueeze(1)
+
+
 def with_face_masks(ds: CachedDataset, *, source: str = "") -> CachedDataset:
     """``ds`` (cached with ``landmarks``) plus ``mask``: uint8 ``N x 1 x H x W`` face masks (Figure 2).
 
@@ -369,10 +377,8 @@ def with_face_masks(ds: CachedDataset, *, source: str = "") -> CachedDataset:
     """
     if "landmarks" not in ds.tensors:
         raise _no_landmarks(source or ds.name)
-    size = tuple(ds.images.shape[-2:])
-    masks = face_mask(ds.tensors["landmarks"].float(), size, missing="ones")
     tensors = {k: v for k, v in ds.tensors.items() if k != "landmarks"}
-    tensors["mask"] = masks.to(torch.uint8).unsqueeze(1)
+    tensors["mask"] = face_masks(ds.tensors["landmarks"], tuple(ds.images.shape[-2:]))
     return CachedDataset(tensors, classes=ds.classes, source_fingerprint=f"{ds.fingerprint()}:face_mask/1",
                          name=ds.name)
 
@@ -385,8 +391,8 @@ def _no_landmarks(source: str) -> KeyError:
 def _face_masks(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``derive=`` of :func:`cache_dataset`: one decoded batch's landmarks -> uint8 face masks (as
     :func:`with_face_masks`, batch by batch: no float ``N x H x W`` array)."""
-    mask = face_mask(batch["landmarks"].float(), tuple(batch["image"].shape[-2:]), missing="ones")
-    return {k: v for k, v in batch.items() if k != "landmarks"} | {"mask": mask.to(torch.uint8).unsqueeze(1)}
+    mask = face_masks(batch["landmarks"], tuple(batch["image"].shape[-2:]))
+    return {k: v for k, v in batch.items() if k != "landmarks"} | {"mask": mask}
 
 
 def _synfer(variant: str, split: str, n: int | None, setup: Setup, progress: bool, *, seed_offset: int = 0,

@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import _dry_run
 from ..data.cached import CachedDataset, cache_dataset
-from ..data.masks import PAPER_MASK_PATTERNS, face_mask, paste_face_mask
+from ..data.masks import PAPER_MASK_PATTERNS, paste_face_mask
 from ..data.synfer import SynFER
 from ..data.transforms import model_input
 from ..metrics import accuracy, mean_class_accuracy
@@ -89,9 +89,8 @@ def probe_faces(probe: Probe, n: int, *, relevance: bool = False, progress: bool
 
 
 def face_masks_of(images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-    """MAPNet's input masks for ``images`` (as the chapter derives them from the landmarks)."""
-    m = face_mask(landmarks.float(), tuple(images.shape[-2:]), missing="ones")
-    return torch.as_tensor(m).to(torch.uint8).unsqueeze(1)
+    """MAPNet's input masks for ``images`` (:func:`fer.experiments.mapnet.face_masks` at their size)."""
+    return mapnet.face_masks(landmarks, tuple(images.shape[-2:]))
 
 
 def probe_logits(chapter: str, model: nn.Module, config: Any, images: torch.Tensor, landmarks: torch.Tensor, *,

@@ -246,11 +246,13 @@ class CKPlus(RealFERDataset):
         if not self.crop_face:
             return img, lm
         (x0, y0), (x1, y1) = lm.min(axis=0), lm.max(axis=0)
-        side = max(x1 - x0, y1 - y0) * (1.0 + self.crop_margin)
+        side = int(round(max(x1 - x0, y1 - y0) * (1.0 + self.crop_margin)))
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         H, W = img.shape[:2]
-        left, top = int(max(round(cx - side / 2), 0)), int(max(round(cy - side / 2), 0))
-        right, bottom = int(min(round(cx + side / 2), W)), int(min(round(cy + side / 2), H))
+        # One whole-pixel side for both axes (rounding each edge alone can give 87 x 86), then clipped.
+        x_lo, y_lo = int(round(cx - side / 2)), int(round(cy - side / 2))
+        left, top = max(x_lo, 0), max(y_lo, 0)
+        right, bottom = min(x_lo + side, W), min(y_lo + side, H)
         if right - left < 2 or bottom - top < 2:
             raise DatasetFormatError(f"{s.ref}: the landmarks lie outside the {W}x{H} frame {s.path}",
                                      s.ref)
