@@ -114,9 +114,10 @@ def test_inverse_weights_are_used_by_the_default_loss(tiny):
 def test_tiny_model_overfits_a_tiny_batch(tiny):
     seed_everything(0)
     model = TinyNet(width=16)
-    cfg = TrainConfig(epochs=60, batch_size=16, lr=2e-2, optimizer="adam", seed=0)
+    # 100 epochs: SynFER v2's 16 px faces took the loss to 0.2 (15 of 16 right) at 60, 0.004 at 100.
+    cfg = TrainConfig(epochs=100, batch_size=16, lr=2e-2, optimizer="adam", seed=0)
     hist = fit(model, tiny, tiny, cfg, progress=False, callbacks=[lambda r: None])
-    assert len(hist) == 60 and hist["epoch"] == list(range(1, 61))
+    assert len(hist) == 100 and hist["epoch"] == list(range(1, 101))
     assert hist.last["train_loss"] < hist[0]["train_loss"] / 5
     res = evaluate(model, tiny, cfg, progress=False)
     assert res["accuracy"] == 1.0 and res["mean_class_accuracy"] == 1.0
