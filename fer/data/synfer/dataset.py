@@ -158,6 +158,7 @@ class SynFER(LabelCounts, Dataset):
         self.transform = transform
         self._vcode = zlib.crc32(self.variant.name.encode())
         self._scode = _SPLITS[split]
+        self._people: dict[int, tuple[Identity, np.ndarray]] = {}
         self._render_size = max(self.image_size, _MIN_RENDER)
         self._expr_labels = self._draw_expressions(np.arange(self.n))
         if self.variant.binary_mask_task:
@@ -207,10 +208,19 @@ class SynFER(LabelCounts, Dataset):
 
     def identity(self, i: int) -> Identity:
         """The identity drawn for sample ``i``."""
-        ident = self._identity_id(i)
-        pool = 99 if self.variant.frames else self._scode
-        rng = np.random.default_rng([self.seed, 0x1D, pool, ident])
-        return sample_identity(rng, beard_prob=self.variant.beard_prob)
+        return self._person(self._identity_id(i))[0]
+
+    def _person(self, ident: int) -> tuple[Identity, np.ndarray]:
+        """Identity ``ident`` and its neutral shape (read-only), drawn once per dataset."""
+        person = self._people.get(ident)
+        if person is None:
+            pool = 99 if self.variant.frames else self._scode
+            rng = np.random.default_rng([self.seed, 0x1D, pool, ident])
+            identity = sample_identity(rng, beard_prob=self.variant.beard_prob)
+            shape = neutral_shape(identity)
+            shape.setflags(write=False)
+            person = self._people[ident] = (identity, shape)
+        return person
 
     # ------------------------------------------------------------------ sampling
     def spec(self, i: int) -> SampleSpec:
@@ -304,8 +314,8 @@ class SynFER(LabelCounts, Dataset):
         v = self.variant
         size = self._render_size
         rng = np.random.default_rng([self.seed, self._vcode, self._scode, sp.index, 0xD4A])
-        identity = self.identity(sp.index)
-        shape = apply_action_units(neutral_shape(identity), sp.aus, side=sp.side,
+        identity, neutral = self._person(sp.identity)
+        shape = apply_action_units(neutral, sp.aus, side=sp.side,
                                    unilateral=UNILATERAL.get(sp.expression, ()))
         pose = Pose(yaw=sp.yaw, pitch=sp.pitch, roll=sp.roll, scale=sp.scale * size,
                     cx=sp.cx * size, cy=sp.cy * size - 0.33 * sp.scale * size)

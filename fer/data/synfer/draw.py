@@ -26,14 +26,16 @@ _ONE = 1 << _SHIFT
 
 
 def _fixed(points: np.ndarray) -> np.ndarray:
-    return np.round(np.asarray(points, dtype=np.float64) * _ONE).astype(np.int32).reshape(-1, 1, 2)
+    # np.rint is np.round's half-to-even without its Python wrapper (the same integers).
+    return np.rint(np.asarray(points, dtype=np.float64) * _ONE).astype(np.int32).reshape(-1, 1, 2)
 
 
 def _col(colour: Colour | float, channels: int) -> tuple[float, ...]:
     if isinstance(colour, (int, float, np.number)):
         return (float(colour),) * channels
-    c = tuple(float(v) for v in colour)
-    return c[:channels] if channels > 1 else (c[0],)
+    if channels > 1:
+        return tuple(map(float, colour[:channels]))
+    return (float(colour[0]),)
 
 
 def fill(img: np.ndarray, points: np.ndarray, colour: Colour | float) -> None:

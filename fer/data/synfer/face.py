@@ -13,6 +13,7 @@ symmetric. Expressions are sums of FACS action-unit displacements on these point
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -463,11 +464,19 @@ class Pose:
 def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """R = Rz(roll) @ Rx(pitch) @ Ry(yaw), angles in degrees; positive yaw turns
     the face towards the image right."""
+    return _rotation(float(yaw), float(pitch), float(roll)).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    # A face is projected a dozen times under one pose: build its matrix once (read-only).
     a, b, c = np.deg2rad([yaw, pitch, roll])
     ry = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
     rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
     rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ rx @ ry
+    rot = rz @ rx @ ry
+    rot.setflags(write=False)
+    return rot
 
 
 def silhouette(points: np.ndarray, weights: np.ndarray, yaw: float) -> np.ndarray:
@@ -491,6 +500,6 @@ def silhouette(points: np.ndarray, weights: np.ndarray, yaw: float) -> np.ndarra
 
 def project(points: np.ndarray, pose: Pose) -> np.ndarray:
     """Orthographic projection of face-frame points (N x 3) to pixel x, y (N x 2)."""
-    rot = rotation_matrix(pose.yaw, pose.pitch, pose.roll)
+    rot = _rotation(float(pose.yaw), float(pose.pitch), float(pose.roll))
     p = points @ rot.T
     return np.stack([pose.cx + pose.scale * p[:, 0], pose.cy + pose.scale * p[:, 1]], axis=1)
