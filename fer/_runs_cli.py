@@ -63,8 +63,9 @@ def run_rows(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     ``mean_class_accuracy``, ``majority_share`` (the largest class's share of that set's
     targets in ``predictions.pt``: the accuracy of always answering it), ``classes`` and
     ``learned`` (:func:`fer.pages.learned`: the floor every demo run must clear; ``None``
-    while incomplete); and ``epochs``, ``device``, ``precision`` and ``wall_seconds``
-    (``metrics.json``'s ``timing.total_seconds``). Metrics are ``None`` while incomplete.
+    while incomplete); and ``epochs``, ``device``, ``precision``, ``wall_seconds`` and ``threads``
+    (``metrics.json``'s ``timing.total_seconds`` and the CPU threads torch trained with, which
+    the wall time depends on). Metrics are ``None`` while incomplete.
     """
     rows = []
     for r in find_runs(root=root):
@@ -75,7 +76,8 @@ def run_rows(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         rec.update(eval_set=check.eval_set, accuracy=check.accuracy, mean_class_accuracy=check.mean_class_accuracy,
                    majority_share=check.majority_share, classes=check.classes, learned=check.learned,
                    epochs=metrics.get("epochs"), device=metrics.get("device"), precision=metrics.get("precision"),
-                   wall_seconds=(metrics.get("timing") or {}).get("total_seconds"))
+                   wall_seconds=(metrics.get("timing") or {}).get("total_seconds"),
+                   threads=(metrics.get("timing") or {}).get("threads"))
         rows.append(rec)
     return rows
 

@@ -551,7 +551,8 @@ def run(name: str, config: TrainConfig, build_model: Callable[[], nn.Module], tr
     metrics.update(epochs=config.epochs, steps=history.last["step"] if len(history) else 0, device=device.type,
                    precision="bf16" if _use_bf16(config, device) else "fp32",
                    timing={"fit_seconds": round(t_fit, 3), "total_seconds": round(time.perf_counter() - t0, 3),
-                           "epoch_seconds": [r.get("seconds") for r in history]})
+                           "epoch_seconds": [r.get("seconds") for r in history],
+                           "threads": torch.get_num_threads()})
     if main:
         preds = {split: {k: r[k] for k in ("predictions", "targets", "logits") if r.get(k) is not None}
                  for split, r in results.items()}

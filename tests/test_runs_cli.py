@@ -156,6 +156,7 @@ def test_list_json_fields(trained, capsys, monkeypatch):
                                                                                     "f-vgg16_flatten", 0, None)
     assert row["eval_set"] == "test" and 0 <= row["accuracy"] <= 1 and 0 <= row["mean_class_accuracy"] <= 1
     assert 1 / 7 <= row["majority_share"] <= 1 and row["wall_seconds"] > 0 and row["classes"] == 7
+    assert isinstance(row["threads"], int) and row["threads"] >= 1  # the wall time's context
     assert row["learned"] is learned(row["accuracy"], row["mean_class_accuracy"], row["majority_share"], 7)
     assert rows["cbam_vgg-smoke-face-pretrain"]["eval_set"] == "val"  # no test set: its held-out faces
     assert main(["list", "--runs", str(trained)]) == 0

@@ -70,6 +70,7 @@ def test_determinism_byte_identical_and_seeds_differ():
 GOLDEN_DIGESTS = {
     "1": "949a2578af797372057578a8e3d07562556d04262916fd15c07082d76658b414",
     "2": "6d633d29fb39998b505e6298867bcad5e239a2257cba89866455a27b9b7864d8",
+    "3": "d3bc834e83cc233894953fd20c350dafc03ef82dcd988a88be1e64c1c18a0749",
 }
 
 DIGEST_SCRIPT = """
@@ -374,6 +375,55 @@ def test_intense_forms_grow_in_with_intensity():
     w = prototype_weights("anger", 0.2)
     assert w[4] == pytest.approx(0.2) and w[10] == 0.0 and w[26] == 0.0  # restrained: brows, no shout
     ds = SynFER("clean", "test", n=4, seed=0)
-    assert ds.with_expression(0, "sad", 0.2).aus.keys() == {1, 4, 15}  # zero weights are left out
+    assert ds.with_expression(0, "sad", 0.2).aus.keys() == {1, 4, 15, 64}  # zero weights are left out
     with pytest.raises(ValueError, match="unknown expression"):
         prototype_weights("joy", 1.0)
+
+
+def test_inner_brow_raiser_makes_the_brow_oblique():
+    """AU 1 lifts the brow's inner end most: with sadness's weak AU 4 the inner end (21) ends
+    above the brow's middle (19), where at rest it sits below it; with AU 2 as well (surprise)
+    the whole brow rises, its outer end (17) as far as its middle."""
+    from fer.data.synfer.face import apply_action_units, neutral_shape, sample_identity
+
+    rest = neutral_shape(sample_identity(np.random.default_rng(0)))
+    sad = apply_action_units(rest, {1: 1.0, 4: 0.5})
+    surprise = apply_action_units(rest, {1: 1.0, 2: 1.0})
+    assert rest[21, 1] > rest[19, 1] and sad[21, 1] < sad[19, 1]  # image y grows downwards
+    assert sad[17, 1] == pytest.approx(rest[17, 1], abs=0.01)  # the outer end stays
+    lift = rest[[17, 19, 21], 1] - surprise[[17, 19, 21], 1]
+    assert (lift > 0.05).all(), lift
+
+
+def test_eyes_down_turns_the_irises_down():
+    """AU 64 (eyes down) lowers the upper lids (landmarks) and turns the irises down (pixels):
+    the dark iris pixels inside each eye opening sit lower than with the eyes ahead."""
+    from dataclasses import replace
+
+    ds = SynFER("clean", "test", n=4, seed=0, image_size=224)
+    sp = ds.with_expression(0, "neutral", 1.0)
+    ahead, down = ds.render(replace(sp, gaze=(0.0, 0.0))), ds.render(replace(sp, gaze=(0.0, 0.0), aus={64: 1.0}))
+    for eye in (slice(36, 42), slice(42, 48)):
+        ys = []
+        for item in (ahead, down):
+            lm = item["landmarks"].numpy()
+            grey = cv2.cvtColor(item["image"].numpy().transpose(1, 2, 0), cv2.COLOR_RGB2GRAY)
+            inside = np.zeros_like(grey)
+            cv2.fillPoly(inside, [np.round(lm[eye]).astype(np.int32)], 1)
+            yy, _ = np.nonzero(inside & (grey < 70))
+            ys.append(yy.mean())
+        upper_lid = lambda item: item["landmarks"][eye][1:3, 1].mean().item()  # noqa: E731
+        assert upper_lid(down) > upper_lid(ahead) + 1.0
+        assert ys[1] > ys[0] + 1.0, ys
+
+
+def test_skin_is_mottled_not_flat():
+    """The skin texture is zero-mean with the blotch and grain strengths of SKIN_TEXTURE, drawn
+    from the sample's own generator (same sample, same skin; the golden digest pins it)."""
+    from fer.data.synfer.render import SKIN_TEXTURE, _skin_texture
+
+    tex = _skin_texture(np.random.default_rng(0), (300, 300), 200.0)
+    assert abs(float(tex.mean())) < 0.01
+    assert float(tex.std()) == pytest.approx(float(np.hypot(*SKIN_TEXTURE)), rel=0.15)
+    again = _skin_texture(np.random.default_rng(0), (300, 300), 200.0)
+    assert np.array_equal(tex, again)

@@ -33,7 +33,7 @@ from .variants import Variant, get_variant
 __all__ = ["SynFER", "SampleSpec", "GENERATOR_VERSION", "MASK_CLASSES"]
 
 #: Bumped whenever a change alters what any sample looks like (part of the fingerprint).
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 #: Labels of the masked/unmasked task.
 MASK_CLASSES = ("unmasked", "masked")
 _SPLITS = {"train": 0, "val": 1, "test": 2, "all": 3}
@@ -321,8 +321,9 @@ class SynFER(LabelCounts, Dataset):
                     cx=sp.cx * size, cy=sp.cy * size - 0.33 * sp.scale * size)
         geo = build_geometry(identity, shape, pose)
         img = background(rng, size, sp.background)
+        skin_rng = np.random.default_rng([self.seed, self._vcode, self._scode, sp.index, 0x5C1])
         draw_head(img, geo, identity, sp.aus, side=sp.side, gaze=sp.gaze, light=float(np.cos(sp.light_angle)),
-                  clothes=sp.clothes)
+                  clothes=sp.clothes, rng=skin_rng)
         occ_mask = np.zeros((size, size), np.uint8)
         occ_obj = np.zeros((size, size), np.uint8)
         if sp.face_mask != "none":

@@ -304,7 +304,7 @@ def _disp(entries: dict[tuple[int, ...], tuple[float, float]], *, mirror_x: bool
 #: FACS action units as landmark displacements (face-width units at intensity 1).
 #: The dict is keyed by AU number; dx is given for the image-left side and mirrored.
 ACTION_UNITS: dict[int, np.ndarray] = {
-    1: _disp({(21,): (0.004, -0.085), (20,): (0.0, -0.062), (19,): (0.0, -0.03), (18,): (0.0, -0.01)}),
+    1: _disp({(21,): (0.004, -0.11), (20,): (0.0, -0.065), (19,): (0.0, -0.025), (18,): (0.0, -0.006)}),
     2: _disp({(17,): (-0.004, -0.062), (18,): (0.0, -0.058), (19,): (0.0, -0.038), (20,): (0.0, -0.015)}),
     4: _disp({(21,): (0.042, 0.09), (20,): (0.028, 0.07), (19,): (0.014, 0.048), (18,): (0.004, 0.026),
               (17,): (0.0, 0.01), (37, 38): (0.0, 0.014), (36, 39): (0.0, 0.004)}),
@@ -334,6 +334,7 @@ ACTION_UNITS: dict[int, np.ndarray] = {
     23: _disp({(48,): (0.014, 0.0), (60,): (0.014, 0.0), (49,): (0.004, 0.016), (50,): (0.0, 0.02),
                (51,): (0.0, 0.02), (59,): (0.004, -0.016), (58,): (0.0, -0.02), (57,): (0.0, -0.022)}),
     25: _disp({(65, 66, 67): (0.0, 0.024), (55, 56, 57, 58, 59): (0.0, 0.018), (61, 62, 63): (0.0, -0.006)}),
+    64: _disp({(37, 38): (0.0, 0.02), (36, 39): (0.0, 0.004)}),
     26: _disp({(57,): (0.0, 0.1), (56,): (0.0, 0.095), (55,): (0.0, 0.075), (66,): (0.0, 0.105),
                (65,): (0.0, 0.097), (54,): (-0.02, 0.03), (64,): (-0.02, 0.028),
                (8,): (0.0, 0.065), (7,): (0.0, 0.06), (6,): (0.0, 0.05), (5,): (0.0, 0.035), (4,): (0.0, 0.018),
@@ -341,6 +342,10 @@ ACTION_UNITS: dict[int, np.ndarray] = {
 }
 # Displacements above are written for the image-left half and mirrored; a few entries
 # (AU 26's lower lip, for instance) name right-half points, which the mirror fills in.
+# AU 1 lifts the brow's inner end most (FACS: the medial brow rises, so a brow raised by
+# AU 1 alone or with AU 4 turns oblique, while 1+2 raises the whole brow). AU 64 (eyes
+# down) lowers the upper lids as they follow the gaze; the irises turn down in
+# :func:`~fer.data.synfer.render.draw_head` (``EYES_DOWN``).
 
 #: FACS names of the action units SynFER models.
 AU_NAMES: dict[int, str] = {
@@ -348,7 +353,7 @@ AU_NAMES: dict[int, str] = {
     6: "cheek raiser", 7: "lid tightener", 9: "nose wrinkler", 10: "upper lip raiser",
     12: "lip corner puller", 14: "dimpler", 15: "lip corner depressor", 16: "lower lip depressor",
     17: "chin raiser", 20: "lip stretcher",
-    23: "lip tightener", 25: "lips part", 26: "jaw drop",
+    23: "lip tightener", 25: "lips part", 26: "jaw drop", 64: "eyes down",
 }
 
 #: Overall gain on :data:`ACTION_UNITS` (1.0 = the values above).
@@ -359,12 +364,14 @@ AU_GAIN = 1.25
 #: weak expression in its restrained form and lets it grow into the intense one as the
 #: intensity rises (:data:`AU_ONSET`): a smile parts the lips (6+12, then 25), anger opens
 #: into a shout with bared teeth (4+5+7+23, then EMFACS's 4+5+7+10+23+25,26), sadness
-#: into crying (1+4+15, then the cheek raise of EMFACS's 6+15, tightened lids and the
-#: lower lip pulled down over parted lips: 6+7+16+25).
+#: into crying (1+4+15+64, then the cheek raise of EMFACS's 6+15, tightened lids and the
+#: lower lip pulled down over parted lips: 6+7+16+25). EMFACS's sadness prototypes carry
+#: an optional "54+64" (head and eyes down); SynFER keeps the eyes down (64) and leaves
+#: the head's pitch to the pose, so pose statistics stay independent of the class.
 PROTOTYPES: dict[str, tuple[int, ...]] = {
     "neutral": (),
     "happy": (6, 12, 25),
-    "sad": (1, 4, 15, 6, 7, 16, 25),
+    "sad": (1, 4, 15, 64, 6, 7, 16, 25),
     "surprise": (1, 2, 5, 26),
     "fear": (1, 2, 4, 5, 20, 26),
     "disgust": (9, 10, 15, 17),

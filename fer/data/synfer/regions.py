@@ -24,6 +24,7 @@ AU_REGIONS: dict[int, tuple[str, ...]] = {
     1: ("brows",), 2: ("brows",), 4: ("brows",), 5: ("eyes",), 6: ("eyes", "cheeks"), 7: ("eyes",),
     9: ("nose",), 10: ("mouth", "nose"), 12: ("mouth", "cheeks"), 14: ("mouth",), 15: ("mouth",),
     16: ("mouth",), 17: ("mouth",), 20: ("mouth",), 23: ("mouth",), 25: ("mouth",), 26: ("mouth",),
+    64: ("eyes",),
 }
 
 

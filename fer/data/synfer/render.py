@@ -29,9 +29,15 @@ from .face import (
     silhouette,
 )
 
-__all__ = ["FaceGeometry", "build_geometry", "draw_head", "face_mask_polygon", "catmull_rom", "FACE_MASK_STYLES"]
+__all__ = ["FaceGeometry", "build_geometry", "draw_head", "face_mask_polygon", "catmull_rom", "FACE_MASK_STYLES",
+           "EYES_DOWN", "SKIN_TEXTURE"]
 
 FACE_MASK_STYLES = ("surgical", "cloth")
+
+#: Irises' downward turn (eye widths) of AU 64 (eyes down) at weight 1.
+EYES_DOWN = 0.15
+#: Skin mottling: standard deviations of relative brightness of the blotches and of the grain.
+SKIN_TEXTURE = (0.04, 0.03)
 
 _JAW_SIL = np.array([1, 1, 1, 0.95, 0.8, 0.55, 0.3, 0.1, 0, 0.1, 0.3, 0.55, 0.8, 0.95, 1, 1, 1], dtype=np.float64)
 
@@ -313,12 +319,25 @@ def _hull(points: np.ndarray) -> np.ndarray:
     return cv2.convexHull(np.asarray(points, np.float32)).reshape(-1, 2).astype(np.float64)
 
 
-def _shading(img: np.ndarray, geo: FaceGeometry, aus: dict[int, float]) -> None:
+def _skin_texture(rng: np.random.Generator, shape: tuple[int, int], s: float) -> np.ndarray:
+    """Mottling of real skin: zero-mean relative brightness, blotches about 0.05 face widths
+    across (SKIN_TEXTURE[0] standard deviation) plus a finer grain (SKIN_TEXTURE[1])."""
+    out = np.zeros(shape, np.float32)
+    for amp, size in zip(SKIN_TEXTURE, (0.05, 0.006)):
+        field = cv2.GaussianBlur(rng.standard_normal(shape, dtype=np.float32), (0, 0), max(0.5, size * s))
+        out += field * np.float32(amp / (float(field.std()) + 1e-6))
+    return out
+
+
+def _shading(img: np.ndarray, geo: FaceGeometry, aus: dict[int, float],
+             rng: np.random.Generator | None = None) -> None:
     """Soft shadows: the face's relief, and the action units' folds and bulges.
 
     Shadows are painted as darkness into a map over the face's box, blurred (the
     blur grows with the face) and multiplied into the skin, inside the face outline
     only. Painted before the brows, eyes, nose and lips, so those keep their colours.
+    With ``rng``, the skin is mottled too (:func:`_skin_texture`): real skin is not
+    one flat colour.
 
     * relief, always: eye sockets, the sides and underside of the nose, the hollow
       under the lower lip, the jaw's underside;
@@ -417,9 +436,12 @@ def _shading(img: np.ndarray, geo: FaceGeometry, aus: dict[int, float]) -> None:
     dark = cv2.GaussianBlur(dark, (0, 0), sigma)
     inside = np.zeros_like(dark)
     draw.fill(inside, geo.outline - off, 255)
-    f = 1.0 - (dark.astype(np.float32) / 255.0) * (inside.astype(np.float32) / 255.0) * 0.75
+    shade = 1.0 - (dark.astype(np.float32) / 255.0) * 0.75
+    if rng is not None:
+        shade *= 1.0 + _skin_texture(rng, shade.shape, s)
+    f = 1.0 + (shade - 1.0) * (inside.astype(np.float32) / 255.0)
     roi = img[y0:y1, x0:x1]
-    roi[...] = (roi * f[..., None] + 0.5).astype(np.uint8)
+    roi[...] = np.minimum(roi * f[..., None] + 0.5, 255.0).astype(np.uint8)
 
 
 def face_mask_polygon(geo: FaceGeometry, style: str) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -462,9 +484,14 @@ def face_mask_polygon(geo: FaceGeometry, style: str) -> tuple[np.ndarray, list[n
 
 def draw_head(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[int, float], *,
               side: int = 0, gaze: tuple[float, float] = (0.0, 0.0), light: float = 0.0,
-              clothes: tuple[float, float, float] = (70, 90, 120)) -> None:
-    """Paint the head (hair, neck, ears, face and its parts) onto ``img`` in place."""
+              clothes: tuple[float, float, float] = (70, 90, 120), rng: np.random.Generator | None = None) -> None:
+    """Paint the head (hair, neck, ears, face and its parts) onto ``img`` in place.
+
+    ``gaze`` is the irises' offset (eye widths; +y down); AU 64 (eyes down) adds
+    :data:`EYES_DOWN` x its weight. ``rng`` draws the skin's texture (none without it).
+    """
     s = geo.scale
+    gaze = (gaze[0], gaze[1] + EYES_DOWN * aus.get(64, 0.0))
     skin = identity.skin
     hair = identity.hair
     if geo.hair_back is not None:
@@ -483,7 +510,7 @@ def draw_head(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[
         if front:
             draw.fill(img, ear, _shade(skin, 0.9))
             draw.line(img, ear, _shade(skin, 0.7), 0.008 * s, closed=True)
-    _shading(img, geo, aus)
+    _shading(img, geo, aus, rng)
     _wrinkles(img, geo, identity, aus, side)
     if geo.hair_cap is not None:
         draw.fill(img, geo.hair_cap, hair)
