@@ -233,26 +233,25 @@ def _mouth(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[int
     lm = geo.landmarks
     s = geo.scale
     outer = catmull_rom(lm[48:60], closed=True, steps=4)
-    inner = catmull_rom(lm[60:68], closed=True, steps=4)
     draw.fill(img, outer, identity.lips)
     gap = float(np.mean(lm[[65, 66, 67], 1] - lm[[63, 62, 61], 1]))
-    if gap > 0.25:
+    upper_in = catmull_rom(lm[[60, 61, 62, 63, 64]], steps=4)  # the lips' seam, or the upper lip's edge
+    lower_in = catmull_rom(lm[[64, 65, 66, 67, 60]], steps=4) if gap > 0.25 else None
+    if lower_in is not None:
         bare_up = max(aus.get(10, 0.0), aus.get(12, 0.0), 0.2 * aus.get(20, 0.0))
         bare_low = max(aus.get(16, 0.0), aus.get(20, 0.0), aus.get(23, 0.0))
         teeth_col = (236, 232, 218)
-        upper_in = catmull_rom(lm[[60, 61, 62, 63, 64]], steps=4)
-        lower_in = catmull_rom(lm[[64, 65, 66, 67, 60]], steps=4)
         shapes = [(np.concatenate([upper_in, upper_in[::-1] + np.array([0, (0.012 + 0.036 * min(bare_up, 1.0)) * s])]),
                    teeth_col)]
         if bare_low > 0.1:
             shapes.append((np.concatenate([lower_in, lower_in[::-1] - np.array([0, 0.03 * min(bare_low, 1.0) * s])]),
                            _shade(teeth_col, 0.9)))
+        inner = catmull_rom(lm[60:68], closed=True, steps=4)
         draw.fill(img, inner, (52, 16, 22))
         draw.fill_clipped(img, inner, shapes)
-    seam = catmull_rom(lm[[60, 61, 62, 63, 64]], steps=4)
-    draw.line(img, seam, _shade(identity.lips, 0.5), 0.009 * s)
-    if gap > 0.25:
-        draw.line(img, catmull_rom(lm[[64, 65, 66, 67, 60]], steps=4), _shade(identity.lips, 0.55), 0.008 * s)
+    draw.line(img, upper_in, _shade(identity.lips, 0.5), 0.009 * s)
+    if lower_in is not None:
+        draw.line(img, lower_in, _shade(identity.lips, 0.55), 0.008 * s)
 
 
 def _wrinkles(img: np.ndarray, geo: FaceGeometry, identity: Identity, aus: dict[int, float], side: int) -> None:
