@@ -47,8 +47,8 @@ from ..data.synfer import GENERATOR_VERSION, SynFER
 from ..models.fer_judge import FER_JUDGE_CLASSES, WEIGHTS_SHA256, judge_faces, load_fer_judge
 
 __all__ = ["APEX", "PROB_COLUMNS", "INTENSITY_BINS", "PUBLISHED_ACCURACY", "TARGETS", "balanced_indices",
-           "judge_synfer", "realism_table", "mean_recall", "judge_confusion", "recall_by_intensity", "top_k", "judged_faces",
-           "targets_met", "realism_text"]
+           "judge_synfer", "realism_table", "mean_recall", "judge_confusion", "recall_by_intensity", "top_k",
+           "judged_faces", "targets_met", "realism_text"]
 
 #: Intensity from which a face counts as an apex (fully developed) expression.
 APEX = 0.7
