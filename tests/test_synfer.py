@@ -122,6 +122,34 @@ def test_sample_is_a_pure_function_of_its_index():
     assert small.targets == big.targets[:10]
 
 
+def test_catmull_rom_passes_through_its_points_and_matches_the_spline():
+    from fer.data.synfer.render import _cr_basis, catmull_rom
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 100, (6, 2))
+    for closed in (False, True):
+        out = catmull_rom(p, closed=closed, steps=4)
+        assert len(out) == (6 if closed else 5) * 4 + (0 if closed else 1)
+        np.testing.assert_array_equal(out[::4][:6], p)  # the knots, exactly
+    # Segment 1 of the open spline, evaluated from the definition (4 points, the basis).
+    t_pts = _cr_basis(4) @ p[0:4]
+    np.testing.assert_allclose(catmull_rom(p, steps=4)[4:8], t_pts, atol=1e-12)
+
+
+def test_region_subset_draws_the_same_maps():
+    from fer.data.synfer.regions import REGIONS, region_maps
+
+    lm = SynFER("clean", "train", n=1, image_size=112)[0]["landmarks"].numpy()
+    full = region_maps(lm, 112, 60.0)
+    assert tuple(full) == REGIONS
+    part = region_maps(lm, 112, 60.0, ("mouth", "eyes"))
+    assert tuple(part) == ("mouth", "eyes")
+    for k in part:
+        np.testing.assert_array_equal(part[k], full[k])
+    with pytest.raises(ValueError, match="unknown regions"):
+        region_maps(lm, 112, 60.0, ("forehead",))
+
+
 def test_loader_workers_give_the_same_samples():
     ds = SynFER("clean", "train", n=12, seed=4, image_size=48)
     loader = DataLoader(ds, batch_size=4, num_workers=2)

