@@ -167,17 +167,22 @@ def test_targets_and_text_on_known_tables():
 def test_synfer_reads_as_real_on_a_fixed_seed_set():
     """The FER judge on 60 class-balanced `clean` and `wild` test faces per class (seed 0): what
     SynFER reaches, so that a drawing change that makes the expressions read less like real
-    ones fails here. Measured at GENERATOR_VERSION 3 (clean: mean 0.51, apex 0.55; neutral,
-    happy, surprise, anger at least 0.70 at the apex, sad 0.24; wild mean 0.41); the floors sit
-    a few faces below. SynFER's own targets (``TARGETS``) are higher and not all met yet."""
+    ones fails here. Measured at GENERATOR_VERSION 4 (clean: mean 0.51, apex 0.55; neutral,
+    happy and surprise at least 0.82 at the apex, anger 0.65, sad 0.24, disgust 0.26; wild mean
+    0.42); the floors sit a few faces below. Anger's floor is lower than the other three's: on
+    these 46 apex faces it read 0.72 under version 3's skin texture and 0.65 under version 4's,
+    a new draw of the same texture (on 200 faces a class of seed 3: 0.58 and 0.59). SynFER's own
+    targets (``TARGETS``) are higher and not all met yet."""
     from fer.data.synfer import GENERATOR_VERSION
 
     clean = realism_table(judge_synfer("clean", n_per_class=60, seed=0, progress=False))
     wild = realism_table(judge_synfer("wild", n_per_class=60, seed=0, progress=False))
     report = f"GENERATOR_VERSION {GENERATOR_VERSION}\n{clean}\nwild mean {wild.loc['mean', 'recall']:.3f}"
-    for name in ("neutral", "happy", "surprise", "anger"):
+    for name in ("neutral", "happy", "surprise"):
         assert clean.loc[name, "recall_apex"] >= 0.65, report
-    assert clean.loc["sad", "recall_apex"] >= 0.15, report
-    assert clean.loc["mean", "recall_apex"] >= 0.5, report
-    assert clean.loc["mean", "recall"] >= 0.46, report
-    assert wild.loc["mean", "recall"] >= 0.36, report
+    assert clean.loc["anger", "recall_apex"] >= 0.55, report
+    for name in ("sad", "disgust"):
+        assert clean.loc[name, "recall_apex"] >= 0.15, report
+    assert clean.loc["mean", "recall_apex"] >= 0.51, report
+    assert clean.loc["mean", "recall"] >= 0.47, report
+    assert wild.loc["mean", "recall"] >= 0.37, report

@@ -71,6 +71,7 @@ GOLDEN_DIGESTS = {
     "1": "949a2578af797372057578a8e3d07562556d04262916fd15c07082d76658b414",
     "2": "6d633d29fb39998b505e6298867bcad5e239a2257cba89866455a27b9b7864d8",
     "3": "d3bc834e83cc233894953fd20c350dafc03ef82dcd988a88be1e64c1c18a0749",
+    "4": "4b32bd8612388b23e65d15fa64b21260dd7117baaf01f874d266087c9901fd08",
 }
 
 DIGEST_SCRIPT = """
@@ -421,6 +422,21 @@ def test_inner_brow_raiser_makes_the_brow_oblique():
     assert sad[17, 1] == pytest.approx(rest[17, 1], abs=0.01)  # the outer end stays
     lift = rest[[17, 19, 21], 1] - surprise[[17, 19, 21], 1]
     assert (lift > 0.05).all(), lift
+
+
+def test_disgust_draws_the_inner_brows_down():
+    """Disgust's nose wrinkle comes with brows drawn down (a half-strength AU 4 joins EMFACS's
+    9+10+15+17): at full intensity its inner brow ends (21, 22) drop by more than 0.06 face
+    widths, more than the nose wrinkler's own pull, and its evidence regions include the brows."""
+    from fer.data.synfer.face import apply_action_units, neutral_shape, prototype_weights, sample_identity
+    from fer.data.synfer.regions import class_regions
+
+    rest = neutral_shape(sample_identity(np.random.default_rng(0)))
+    disgust = apply_action_units(rest, prototype_weights("disgust", 1.0))
+    nose_only = apply_action_units(rest, {9: 1.0})
+    drop = disgust[[21, 22], 1] - rest[[21, 22], 1]
+    assert (drop > 0.06).all() and (drop > nose_only[[21, 22], 1] - rest[[21, 22], 1]).all(), drop
+    assert "brows" in class_regions("disgust")
 
 
 def test_eyes_down_turns_the_irises_down():

@@ -33,7 +33,7 @@ from .variants import Variant, get_variant
 __all__ = ["SynFER", "SampleSpec", "GENERATOR_VERSION", "MASK_CLASSES"]
 
 #: Bumped whenever a change alters what any sample looks like (part of the fingerprint).
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 #: Labels of the masked/unmasked task.
 MASK_CLASSES = ("unmasked", "masked")
 _SPLITS = {"train": 0, "val": 1, "test": 2, "all": 3}

@@ -368,13 +368,16 @@ AU_GAIN = 1.25
 #: lower lip pulled down over parted lips: 6+7+16+25). EMFACS's sadness prototypes carry
 #: an optional "54+64" (head and eyes down); SynFER keeps the eyes down (64) and leaves
 #: the head's pitch to the pose, so pose statistics stay independent of the class.
+#: Disgust is EMFACS's 9+10 with 15+17 (9+17, 10+17), plus a brow lowerer at half strength
+#: (AU 4, :data:`AU_SCALE`): FACS describes the nose wrinkler as also drawing the inner brows
+#: down, and posed disgust shows the brows lowered; without it SynFER's disgust read as neutral.
 PROTOTYPES: dict[str, tuple[int, ...]] = {
     "neutral": (),
     "happy": (6, 12, 25),
     "sad": (1, 4, 15, 64, 6, 7, 16, 25),
     "surprise": (1, 2, 5, 26),
     "fear": (1, 2, 4, 5, 20, 26),
-    "disgust": (9, 10, 15, 17),
+    "disgust": (9, 10, 15, 17, 4),
     "anger": (4, 5, 7, 23, 10, 25, 26),
     "contempt": (12, 14),
 }
@@ -382,9 +385,10 @@ PROTOTYPES: dict[str, tuple[int, ...]] = {
 UNILATERAL = {"contempt": (12, 14)}
 #: Relative strength of an action unit in a prototype (1 when absent). Fear opens the mouth
 #: less than surprise (FACS: AU 26 often weaker, with AU 25); fear's and sadness's brow
-#: lowerer is weaker than anger's, so the inner brows still rise (1+4).
+#: lowerer is weaker than anger's, so the inner brows still rise (1+4); disgust's is weaker
+#: still, the brows drawn down by the nose wrinkle rather than the frown of anger.
 AU_SCALE = {("fear", 26): 0.55, ("fear", 4): 0.5, ("sad", 4): 0.5, ("anger", 5): 0.6, ("anger", 26): 0.4,
-            ("disgust", 15): 0.6, ("happy", 25): 0.6}
+            ("disgust", 15): 0.6, ("disgust", 4): 0.5, ("happy", 25): 0.6}
 #: Action units that join an expression only as it intensifies: (expression, AU) -> the
 #: intensity at which they start; their weight then grows linearly to its full value at 1.
 AU_ONSET = {("happy", 25): 0.3, ("anger", 10): 0.3, ("anger", 25): 0.3, ("anger", 26): 0.3,

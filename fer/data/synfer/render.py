@@ -342,14 +342,29 @@ def _hull(points: np.ndarray) -> np.ndarray:
     return cv2.convexHull(np.asarray(points, np.float32)).reshape(-1, 2).astype(np.float64)
 
 
+def _unit(field: np.ndarray) -> np.ndarray:
+    mean, std = cv2.meanStdDev(field)
+    field -= np.float32(mean[0, 0])
+    field *= np.float32(1.0 / (float(std[0, 0]) + 1e-6))
+    return field
+
+
 def _skin_texture(rng: np.random.Generator, shape: tuple[int, int], s: float) -> np.ndarray:
     """Mottling of real skin: zero-mean relative brightness, blotches about 0.05 face widths
-    across (SKIN_TEXTURE[0] standard deviation) plus a finer grain (SKIN_TEXTURE[1])."""
-    out = np.zeros(shape, np.float32)
-    for amp, size in zip(SKIN_TEXTURE, (0.05, 0.006)):
-        field = cv2.GaussianBlur(rng.standard_normal(shape, dtype=np.float32), (0, 0), max(0.5, size * s))
-        out += field * np.float32(amp / (float(field.std()) + 1e-6))
-    return out
+    across (SKIN_TEXTURE[0] standard deviation) plus a finer grain (SKIN_TEXTURE[1]).
+
+    The blotches are smooth, so they are drawn on a grid ``k`` times coarser and upsampled
+    (``k`` keeps their blur at 1.5 grid cells or more); the grain is blurred uniform noise.
+    Both are scaled to unit standard deviation before weighting.
+    """
+    h, w = shape
+    sigma = 0.05 * s
+    k = max(1, int(sigma // 1.5))
+    gh, gw = h // k + 2, w // k + 2
+    coarse = cv2.GaussianBlur(rng.standard_normal((gh, gw), dtype=np.float32), (0, 0), max(0.5, sigma / k))
+    blotch = cv2.resize(_unit(coarse), (gw * k, gh * k), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    grain = cv2.GaussianBlur(rng.random(shape, dtype=np.float32), (0, 0), max(0.5, 0.006 * s))
+    return _unit(np.ascontiguousarray(blotch)) * np.float32(SKIN_TEXTURE[0]) + _unit(grain) * np.float32(SKIN_TEXTURE[1])
 
 
 def _shading(img: np.ndarray, geo: FaceGeometry, aus: dict[int, float],
