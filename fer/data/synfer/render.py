@@ -108,17 +108,17 @@ class FaceGeometry:
 
 
 @functools.lru_cache(maxsize=64)
-def _trig(a0: float, a1: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # Angles of an arc and their cosines and sines (read-only): every head has the same arcs.
+def _trig(a0: float, a1: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    # Cosines and sines of an arc's angles (read-only): every head has the same arcs.
     a = np.linspace(a0, a1, n)
-    out = (a, np.cos(a), np.sin(a))
+    out = (np.cos(a), np.sin(a))
     for x in out:
         x.setflags(write=False)
     return out
 
 
 def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int) -> np.ndarray:
-    _, cos, sin = _trig(a0, a1, n)
+    cos, sin = _trig(a0, a1, n)
     return np.stack([cx + rx * cos, cy + ry * sin], axis=1)
 
 
@@ -140,7 +140,7 @@ def build_geometry(identity: Identity, shape3d: np.ndarray, pose: Pose) -> FaceG
     fw = np.ptp(jaw[:, 0]) / 2
     y_top_jaw = (jaw[0, 1] + jaw[16, 1]) / 2
     # Forehead arc from jaw point 16 over the top back to jaw point 0 (z follows the brow).
-    _, cos, sin = _trig(0.0, np.pi, 13)
+    cos, sin = _trig(0.0, np.pi, 13)
     cos, sin = cos[1:-1], sin[1:-1]
     fore = np.stack([fw * cos, y_top_jaw - 0.62 * sin, 0.05 + 0.5 * sin], axis=1)
     fore_px = project(silhouette(fore, cos ** 2, pose.yaw), pose)
