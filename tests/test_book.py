@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -581,3 +582,14 @@ def test_the_table_sorting_script_parses():
     proc = subprocess.run([node, "--check", str(REPO_ROOT / "book/_static/sortable-tables.js")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_no_page_sets_its_own_thread_count():
+    """The runner shares the cores out (``kernel_threads``); a page that asks torch for more
+    threads oversubscribes them under ``--jobs`` (the SynFER page's ``set_num_threads(2)``
+    made it and the page beside it about 3x slower in the demo build)."""
+    pages = sorted((REPO_ROOT / "book").glob("*/*.ipynb"))
+    assert pages
+    offenders = [p.relative_to(REPO_ROOT).as_posix() for p in pages
+                 if re.search(r"set_num_threads|set_num_interop_threads|OMP_NUM_THREADS", p.read_text("utf-8"))]
+    assert offenders == [], f"pages that set their own thread count: {offenders}"
