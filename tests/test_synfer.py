@@ -471,3 +471,80 @@ def test_skin_is_mottled_not_flat():
     assert float(tex.std()) == pytest.approx(float(np.hypot(*SKIN_TEXTURE)), rel=0.15)
     again = _skin_texture(np.random.default_rng(0), (300, 300), 200.0)
     assert np.array_equal(tex, again)
+
+
+def _reference_identity(rng: np.random.Generator, beard_prob: float) -> tuple:
+    """sample_identity as first written, with ``rng.uniform`` and ``rng.choice``: the draws
+    the faster one must reproduce exactly (every SynFER version's pixels depend on them)."""
+    from fer.data.synfer import face as F
+
+    def mix(a, b, t):
+        return tuple(float(v) for v in np.clip((1 - t) * np.asarray(a) + t * np.asarray(b), 0, 255))
+
+    u = rng.uniform
+    tone = u(0, len(F.SKIN_TONES) - 1)
+    i = int(tone)
+    skin = mix(F.SKIN_TONES[i], F.SKIN_TONES[min(i + 1, len(F.SKIN_TONES) - 1)], tone - i)
+    skin = tuple(float(np.clip(c + rng.normal(0, 6), 0, 255)) for c in skin)
+    dark = tone / (len(F.SKIN_TONES) - 1)
+    hair_p = np.array([4, 4, 3, 2, 2, 1, 1.2, 0.6]) * np.array([1, 1, 1, 1 - dark, 1 - dark, 1 - dark, 1, 1])
+    hair = F.HAIR_COLOURS[rng.choice(len(F.HAIR_COLOURS), p=hair_p / hair_p.sum())]
+    hair = tuple(float(np.clip(c + rng.normal(0, 8), 0, 255)) for c in hair)
+    iris_p = np.array([4, 3, 2, 1 - 0.9 * dark, 1 - 0.9 * dark, 1.5])
+    iris = tuple(float(c) for c in F.IRIS_COLOURS[rng.choice(len(F.IRIS_COLOURS), p=iris_p / iris_p.sum())])
+    lips = mix(np.asarray(skin) * np.array([0.9, 0.62, 0.62]), (170, 70, 80), u(0.15, 0.45))
+    style = F.HAIR_STYLES[rng.choice(len(F.HAIR_STYLES), p=[0.34, 0.3, 0.08, 0.1, 0.18])]
+    bounds = [(0.92, 1.08), (0.92, 1.1), (0.86, 1.1), (-0.03, 0.05), (0.85, 1.2), (-0.025, 0.025), (-0.02, 0.02),
+              (-0.012, 0.012), (-0.025, 0.025), (-0.015, 0.015), (0.026, 0.045), (-0.04, 0.04), (0.85, 1.2),
+              (0.86, 1.14), (-0.025, 0.025), (0.7, 1.3), (0.75, 1.35)]
+    shape = tuple(u(lo, hi) for lo, hi in bounds)
+    rest = float(rng.normal(0, 0.008))
+    return (*shape, rest, skin, hair, iris, lips, style, u(-0.05, 0.06), bool(rng.random() < beard_prob))
+
+
+def _reference_neutral(idt) -> np.ndarray:
+    """neutral_shape as first written (fancy indices throughout)."""
+    from fer.data.synfer import face as F
+
+    p = F.MEAN_FACE.copy()
+    x, y = p[:, 0], p[:, 1]
+    lower = np.clip((y[F.JAW] - 0.25) / 0.6, 0, 1)
+    x[F.JAW] *= 1 + (idt.jaw_width - 1) * lower
+    y[F.JAW] += idt.chin * lower**2
+    for eye, side in ((F.EYE_R, -1), (F.EYE_L, 1)):
+        c = p[eye, :2].mean(axis=0)
+        p[eye, :2] = c + (p[eye, :2] - c) * idt.eye_size
+        x[eye] += side * idt.eye_spacing
+        y[eye] += idt.eye_height
+        y[eye[0] if side < 0 else eye[3]] -= idt.eye_tilt
+    for brow, side in ((F.BROW_R, -1), (F.BROW_L, 1)):
+        y[brow] += -idt.brow_height + idt.brow_tilt * (np.abs(x[brow]) - 0.2) * 4
+        x[brow] += side * idt.eye_spacing * 0.7
+    y[np.r_[F.NOSE_BRIDGE[1:], F.NOSE_BASE]] += idt.nose_length * np.array([0.3, 0.6, 1.0, 1, 1, 1, 1, 1])
+    x[F.NOSE_BASE] *= idt.nose_width
+    mouth = np.r_[F.MOUTH_OUTER, F.MOUTH_INNER]
+    y[mouth] += idt.mouth_height + idt.nose_length * 0.6
+    x[mouth] *= idt.mouth_width
+    seam = y[[61, 62, 63]].mean()
+    upper, lower_ = np.array([49, 50, 51, 52, 53]), np.array([55, 56, 57, 58, 59])
+    y[upper] = seam + (y[upper] - seam) * idt.upper_lip
+    y[lower_] = seam + (y[lower_] - seam) * idt.lower_lip
+    y[[48, 54, 60, 64]] += idt.rest
+    x *= idt.face_width
+    y *= idt.face_height
+    return p
+
+
+def test_identities_are_the_draws_of_rng_uniform_and_choice():
+    """The fast sample_identity / neutral_shape give bit-identical identities and shapes to
+    their first, slower form, over many seeds and both beard rates."""
+    import dataclasses
+
+    from fer.data.synfer.face import neutral_shape, sample_identity
+
+    for s in range(1500):
+        beard = 0.12 if s % 2 else 0.6
+        fast = sample_identity(np.random.default_rng([s, 0x1D, s % 3]), beard_prob=beard)
+        ref = _reference_identity(np.random.default_rng([s, 0x1D, s % 3]), beard)
+        assert dataclasses.astuple(fast) == ref, s
+        assert np.array_equal(neutral_shape(fast), _reference_neutral(fast)), s

@@ -230,6 +230,14 @@ class SynFER(LabelCounts, Dataset):
             raise IndexError(f"SynFER index {i} out of range for n={self.n}")
         v = self.variant
         rng = np.random.default_rng([self.seed, self._vcode, self._scode, i, 0x5EED])
+        rand = rng.random
+
+        def uniform(lo: float, hi: float) -> float:  # rng.uniform(lo, hi)'s draw, without its overhead
+            return lo + (hi - lo) * rand()
+
+        def sign() -> int:  # rng.choice([-1, 1])'s draw
+            return (-1, 1)[int(rng.integers(0, 2))]
+
         expression = self.expression_classes[int(self._expr_labels[i])]
         seq = int(i // v.frames) if v.frames else i
         frame = int(i % v.frames) if v.frames else 0
@@ -242,7 +250,7 @@ class SynFER(LabelCounts, Dataset):
             side = int(srng.choice([-1, 1]))
         else:
             intensity = lo + (hi - lo) * rng.beta(a, b)
-            side = int(rng.choice([-1, 1]))
+            side = sign()
         aus: dict[int, float] = {}
         proto = list(PROTOTYPES[expression])
         if len(proto) >= 3 and rng.random() < v.au_drop:
@@ -251,28 +259,28 @@ class SynFER(LabelCounts, Dataset):
         for au in proto:
             w = base[au] * (1 + v.au_jitter * rng.normal())
             if w > 0:
-                aus[au] = float(np.clip(w, 0.0, 1.3))
+                aus[au] = float(min(w, 1.3))
         if rng.random() < v.spontaneous:
             others = [au for au in ACTION_UNITS if au not in aus and au not in (14,)]
             au = int(others[rng.integers(0, len(others))])
-            aus[au] = float(rng.uniform(0.05, 0.3))
+            aus[au] = uniform(0.05, 0.3)
         if expression not in UNILATERAL:
             side = 0
         # Pose.
         if rng.random() < v.yaw_uniform:
-            yaw = rng.uniform(0, v.max_yaw)
+            yaw = uniform(0, v.max_yaw)
         else:
             yaw = abs(rng.normal(0, v.yaw_sigma)) if v.yaw_sigma else 0.0
-        yaw = float(min(yaw, v.max_yaw) * rng.choice([-1, 1]))
-        pitch = float(rng.uniform(-v.max_pitch, v.max_pitch))
-        roll = float(rng.uniform(-v.max_roll, v.max_roll))
-        scale = float(rng.uniform(*v.scale))
-        cx = float(0.5 + rng.uniform(-v.shift, v.shift))
-        cy = float(0.5 + rng.uniform(-v.shift, v.shift))
+        yaw = float(min(yaw, v.max_yaw) * sign())
+        pitch = float(uniform(-v.max_pitch, v.max_pitch))
+        roll = float(uniform(-v.max_roll, v.max_roll))
+        scale = float(uniform(*v.scale))
+        cx = float(0.5 + uniform(-v.shift, v.shift))
+        cy = float(0.5 + uniform(-v.shift, v.shift))
         gaze = (float(rng.normal(0, 0.06)), float(rng.normal(0, 0.03)))
         bg = v.background if v.background != "mixed" else ("plain" if rng.random() < 0.3 else "clutter")
-        light_angle = float(rng.uniform(0, 2 * np.pi))
-        clothes = tuple(float(c) for c in rng.integers(20, 220, size=3))
+        light_angle = float(uniform(0, 2 * np.pi))
+        clothes = tuple(map(float, rng.integers(20, 220, size=3).tolist()))
         occluder = "none"
         if v.occluder_prob and rng.random() < v.occluder_prob:
             occluder = v.occluders[int(rng.integers(0, len(v.occluders)))]

@@ -14,6 +14,7 @@ symmetric. Expressions are sums of FACS action-unit displacements on these point
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,26 +194,51 @@ class Identity:
     beard: bool = False
 
 
-def _mix(a: np.ndarray, b: np.ndarray, t: float) -> tuple[float, float, float]:
-    c = (1 - t) * np.asarray(a) + t * np.asarray(b)
-    return tuple(float(v) for v in np.clip(c, 0, 255))
+_TONES = tuple(tuple(map(float, t)) for t in SKIN_TONES)
+_HAIRS = tuple(tuple(map(float, t)) for t in HAIR_COLOURS)
+_IRISES = tuple(tuple(map(float, t)) for t in IRIS_COLOURS)
+_STYLE_P = np.array([0.34, 0.3, 0.08, 0.1, 0.18])
+
+
+def _clip255(v: float) -> float:
+    return min(max(v, 0.0), 255.0)
+
+
+def _mix(a: Sequence[float], b: Sequence[float], t: float) -> tuple[float, ...]:
+    return tuple(_clip255((1 - t) * x + t * y) for x, y in zip(a, b))
+
+
+def _pick(rng: np.random.Generator, p: np.ndarray) -> int:
+    """``rng.choice(len(p), p=p)`` without its argument checks: the same draw (one
+    ``rng.random()`` searched in the normalised cumulative sum), a fifth of the time."""
+    cdf = p.cumsum()
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(rng.random(), side="right"))
 
 
 def sample_identity(rng: np.random.Generator, *, beard_prob: float = 0.12) -> Identity:
-    """Draw a random identity (shape and colours) from ``rng``."""
-    u = rng.uniform
+    """Draw a random identity (shape and colours) from ``rng``.
+
+    Scalar draws are ``lo + (hi - lo) * rng.random()``, which is what ``rng.uniform(lo, hi)``
+    computes, and choices go through :func:`_pick`: the identities are those that
+    ``rng.uniform`` and ``rng.choice`` drew (checked in ``tests/test_synfer.py``).
+    """
+    rand = rng.random
+
+    def u(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * rand()
+
     tone = u(0, len(SKIN_TONES) - 1)
     i = int(tone)
-    skin = _mix(SKIN_TONES[i], SKIN_TONES[min(i + 1, len(SKIN_TONES) - 1)], tone - i)
-    skin = tuple(float(np.clip(c + rng.normal(0, 6), 0, 255)) for c in skin)
+    skin = _mix(_TONES[i], _TONES[min(i + 1, len(_TONES) - 1)], tone - i)
+    skin = tuple(_clip255(c + rng.normal(0, 6)) for c in skin)
     dark = tone / (len(SKIN_TONES) - 1)
     hair_p = np.array([4, 4, 3, 2, 2, 1, 1.2, 0.6]) * np.array([1, 1, 1, 1 - dark, 1 - dark, 1 - dark, 1, 1])
-    hair = HAIR_COLOURS[rng.choice(len(HAIR_COLOURS), p=hair_p / hair_p.sum())]
-    hair = tuple(float(np.clip(c + rng.normal(0, 8), 0, 255)) for c in hair)
+    hair = tuple(_clip255(c + rng.normal(0, 8)) for c in _HAIRS[_pick(rng, hair_p / hair_p.sum())])
     iris_p = np.array([4, 3, 2, 1 - 0.9 * dark, 1 - 0.9 * dark, 1.5])
-    iris = tuple(float(c) for c in IRIS_COLOURS[rng.choice(len(IRIS_COLOURS), p=iris_p / iris_p.sum())])
-    lips = _mix(np.asarray(skin) * np.array([0.9, 0.62, 0.62]), (170, 70, 80), u(0.15, 0.45))
-    style = HAIR_STYLES[rng.choice(len(HAIR_STYLES), p=[0.34, 0.3, 0.08, 0.1, 0.18])]
+    iris = _IRISES[_pick(rng, iris_p / iris_p.sum())]
+    lips = _mix((skin[0] * 0.9, skin[1] * 0.62, skin[2] * 0.62), (170.0, 70.0, 80.0), u(0.15, 0.45))
+    style = HAIR_STYLES[_pick(rng, _STYLE_P)]
     return Identity(
         face_width=u(0.92, 1.08),
         face_height=u(0.92, 1.1),
@@ -242,41 +268,47 @@ def sample_identity(rng: np.random.Generator, *, beard_prob: float = 0.12) -> Id
     )
 
 
+# What neutral_shape reads of MEAN_FACE before it changes it, computed once: the jaw's
+# lower-face weight, each eye's centre, each brow's spread from the midline.
+_JAW_LOWER = np.clip((MEAN_FACE[JAW, 1] - 0.25) / 0.6, 0, 1)
+_JAW_LOWER2 = _JAW_LOWER**2
+_EYE_SHAPES = tuple((slice(int(e[0]), int(e[-1]) + 1), side, int(e[0] if side < 0 else e[3]),
+                     MEAN_FACE[e, :2].mean(axis=0)) for e, side in ((EYE_R, -1), (EYE_L, 1)))
+_BROW_SHAPES = tuple((slice(int(b[0]), int(b[-1]) + 1), side, np.abs(MEAN_FACE[b, 0]) - 0.2)
+                     for b, side in ((BROW_R, -1), (BROW_L, 1)))
+_NOSE_PROFILE = np.array([0.3, 0.6, 1.0, 1, 1, 1, 1, 1])
+_LIP_SEAM = np.array([61, 62, 63])
+_LIP_CORNERS = np.array([48, 54, 60, 64])
+
+
 def neutral_shape(identity: Identity) -> np.ndarray:
     """The identity's neutral face, 68 x 3, in the face frame."""
     p = MEAN_FACE.copy()
     x, y = p[:, 0], p[:, 1]
     idt = identity
     # Jaw: narrower or wider lower face, longer or shorter chin.
-    lower = np.clip((y[JAW] - 0.25) / 0.6, 0, 1)
-    x[JAW] *= 1 + (idt.jaw_width - 1) * lower
-    y[JAW] += idt.chin * lower**2
+    x[0:17] *= 1 + (idt.jaw_width - 1) * _JAW_LOWER
+    y[0:17] += idt.chin * _JAW_LOWER2
     # Eyes: size about each eye's centre, spacing, height, tilt.
-    for eye, side in ((EYE_R, -1), (EYE_L, 1)):
-        c = p[eye, :2].mean(axis=0)
+    for eye, side, outer, c in _EYE_SHAPES:
         p[eye, :2] = c + (p[eye, :2] - c) * idt.eye_size
         x[eye] += side * idt.eye_spacing
         y[eye] += idt.eye_height
-        outer = eye[0] if side < 0 else eye[3]
         y[outer] -= idt.eye_tilt
     # Brows.
-    for brow, side in ((BROW_R, -1), (BROW_L, 1)):
-        y[brow] += -idt.brow_height + idt.brow_tilt * (np.abs(x[brow]) - 0.2) * 4
+    for brow, side, spread in _BROW_SHAPES:
+        y[brow] += -idt.brow_height + idt.brow_tilt * spread * 4
         x[brow] += side * idt.eye_spacing * 0.7
-    # Nose.
-    nose = np.r_[NOSE_BRIDGE[1:], NOSE_BASE]
-    y[nose] += idt.nose_length * np.array([0.3, 0.6, 1.0, 1, 1, 1, 1, 1])
-    x[NOSE_BASE] *= idt.nose_width
+    # Nose: the bridge below its root, and the base.
+    y[28:36] += idt.nose_length * _NOSE_PROFILE
+    x[31:36] *= idt.nose_width
     # Mouth: width, height, lip thickness, resting corners.
-    mouth = np.r_[MOUTH_OUTER, MOUTH_INNER]
-    y[mouth] += idt.mouth_height + idt.nose_length * 0.6
-    x[mouth] *= idt.mouth_width
-    seam = y[[61, 62, 63]].mean()
-    upper = np.array([49, 50, 51, 52, 53])
-    lower = np.array([55, 56, 57, 58, 59])
-    y[upper] = seam + (y[upper] - seam) * idt.upper_lip
-    y[lower] = seam + (y[lower] - seam) * idt.lower_lip
-    y[[48, 54, 60, 64]] += idt.rest
+    y[48:68] += idt.mouth_height + idt.nose_length * 0.6
+    x[48:68] *= idt.mouth_width
+    seam = y[_LIP_SEAM].mean()
+    y[49:54] = seam + (y[49:54] - seam) * idt.upper_lip
+    y[55:60] = seam + (y[55:60] - seam) * idt.lower_lip
+    y[_LIP_CORNERS] += idt.rest
     # Whole face.
     x *= idt.face_width
     y *= idt.face_height
