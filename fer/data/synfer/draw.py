@@ -6,6 +6,7 @@ point (``shift=4``) with ``LINE_AA``, so shapes land where the landmarks say.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import cv2
@@ -27,7 +28,9 @@ _ONE = 1 << _SHIFT
 
 def _fixed(points: np.ndarray) -> np.ndarray:
     # np.rint is np.round's half-to-even without its Python wrapper (the same integers).
-    return np.rint(np.asarray(points, dtype=np.float64) * _ONE).astype(np.int32).reshape(-1, 1, 2)
+    scaled = np.multiply(points, float(_ONE), dtype=np.float64)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.int32).reshape(-1, 1, 2)
 
 
 def _col(colour: Colour | float, channels: int) -> tuple[float, ...]:
@@ -74,10 +77,11 @@ def ellipse_points(cx: float, cy: float, rx: float, ry: float, angle: float = 0.
 
 def _roi(img: np.ndarray, points: np.ndarray, pad: int = 2) -> tuple[int, int, int, int] | None:
     h, w = img.shape[:2]
-    x0 = max(int(np.floor(points[:, 0].min())) - pad, 0)
-    y0 = max(int(np.floor(points[:, 1].min())) - pad, 0)
-    x1 = min(int(np.ceil(points[:, 0].max())) + pad, w)
-    y1 = min(int(np.ceil(points[:, 1].max())) + pad, h)
+    (lx, ly), (hx, hy) = points.min(axis=0).tolist(), points.max(axis=0).tolist()
+    x0 = max(math.floor(lx) - pad, 0)
+    y0 = max(math.floor(ly) - pad, 0)
+    x1 = min(math.ceil(hx) + pad, w)
+    y1 = min(math.ceil(hy) + pad, h)
     if x1 <= x0 or y1 <= y0:
         return None
     return x0, y0, x1, y1
@@ -100,10 +104,14 @@ def fill_clipped(img: np.ndarray, clip: np.ndarray, shapes: Sequence[tuple[np.nd
     layer = roi.copy()
     for poly, colour in shapes:
         fill(layer, poly - off, colour)
-    a = (mask.astype(np.float32) / 255.0)
+    a = mask.astype(np.float32)
+    a /= 255.0
     if roi.ndim == 3:
         a = a[..., None]
-    roi[...] = (layer * a + roi * (1 - a) + 0.5).astype(np.uint8)
+    out = layer * a  # (layer * a + roi * (1 - a)) + 0.5, in float32, in place
+    out += roi * (1 - a)
+    out += 0.5
+    roi[...] = out.astype(np.uint8)
 
 
 def blend_fill(img: np.ndarray, points: np.ndarray, colour: Colour, alpha: float) -> None:

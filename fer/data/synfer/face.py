@@ -531,18 +531,21 @@ def silhouette(points: np.ndarray, weights: np.ndarray, yaw: float) -> np.ndarra
     the chin) and the silhouette (1, right for the jaw near the ears).
     """
     t = np.deg2rad(yaw)
-    r = np.abs(points[:, 0])
-    sil = np.sign(points[:, 0]) * np.sqrt((r * np.cos(t)) ** 2 + (HEAD_HALF_DEPTH * np.sin(t)) ** 2)
-    rigid = points[:, 0] * np.cos(t) + points[:, 2] * np.sin(t)
+    cos_t, sin_t = np.cos(t), np.sin(t)
+    x, z = points[:, 0], points[:, 2]
+    sil = np.sign(x) * np.sqrt((np.abs(x) * cos_t) ** 2 + (HEAD_HALF_DEPTH * sin_t) ** 2)
+    rigid = x * cos_t + z * sin_t
     out = points.copy()
-    # Express the silhouette as an x that the rigid rotation will map there.
-    x_rot = weights * sil + (1 - weights) * rigid
-    out[:, 0] = np.where(np.abs(np.cos(t)) > 1e-6, (x_rot - points[:, 2] * np.sin(t)) / np.cos(t), points[:, 0])
+    if abs(cos_t) > 1e-6:
+        # Express the silhouette as an x that the rigid rotation will map there.
+        x_rot = weights * sil + (1 - weights) * rigid
+        out[:, 0] = (x_rot - z * sin_t) / cos_t
     return out
 
 
 def project(points: np.ndarray, pose: Pose) -> np.ndarray:
     """Orthographic projection of face-frame points (N x 3) to pixel x, y (N x 2)."""
     rot = _rotation(float(pose.yaw), float(pose.pitch), float(pose.roll))
-    p = points @ rot.T
-    return np.stack([pose.cx + pose.scale * p[:, 0], pose.cy + pose.scale * p[:, 1]], axis=1)
+    out = (points @ rot.T)[:, :2] * pose.scale  # (cx + scale * x, cy + scale * y), the same floats
+    out += (pose.cx, pose.cy)
+    return out

