@@ -26,6 +26,8 @@ from fer.train import (
     History,
     Stage,
     TrainConfig,
+    _fused,
+    build_optimizer,
     class_weights_inverse,
     count_labels,
     default_output_to_logits,
@@ -466,3 +468,29 @@ def test_dry_run_caps_every_stage_and_evaluation(monkeypatch):
     assert evaluate(model, ds, cfg, progress=False)["num_samples"] == _dry_run.EVAL_BATCHES * _dry_run.BATCH
     monkeypatch.delenv("FER_DRY_RUN")
     assert evaluate(model, ds, cfg, progress=False)["num_samples"] == 64
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_optimizers_take_the_fused_step_with_the_same_update_rule(name):
+    """build_optimizer picks torch's fused step on the CPU; it makes the update the
+    per-parameter step makes, to float rounding."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    ref(torch.zeros(1, 3, 6, 6))
+    fast = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(64, 2))
+    fast.load_state_dict(ref.state_dict())
+    config = TrainConfig(optimizer=name, lr=0.01, momentum=0.9, nesterov=name == "sgd", weight_decay=5e-4)
+    opt_fast = build_optimizer(fast.parameters(), config)
+    assert opt_fast.defaults.get("fused") is True
+    kw = dict(lr=0.01, weight_decay=5e-4)
+    opt_ref = (torch.optim.SGD(ref.parameters(), momentum=0.9, nesterov=True, **kw) if name == "sgd" else
+               (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(ref.parameters(), **kw))
+    x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 2, (8,))
+    for _ in range(5):
+        for model, opt in ((ref, opt_ref), (fast, opt_fast)):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    for a, b in zip(ref.parameters(), fast.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert _fused([torch.zeros(2, dtype=torch.long)]) == {} and _fused([]) == {}  # the default step then
