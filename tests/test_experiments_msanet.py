@@ -227,3 +227,24 @@ def test_localisation_table_on_maps_with_a_known_answer(monkeypatch):
 def test_loss_is_equation_2_in_runs():
     assert isinstance(BetaCrossEntropy(M.Setup().beta), torch.nn.CrossEntropyLoss)
     assert M.Setup().beta == 0.6
+
+
+def test_a_profile_may_leave_out_the_affectnet_like_set():
+    """The demo trains the RAF-like set only (book/profiles.yml): its plan holds no AffectNet-like
+    run, the pages say what is not measured, and a Setup without ``raf`` is refused."""
+    from fer.experiments.plan import plan
+
+    demo, smoke = M.Setup.for_profile("demo"), M.Setup.for_profile("smoke")
+    assert demo.datasets == ("raf",) and smoke.datasets == ("raf", "affectnet")
+    assert M.Setup(datasets=["affectnet", "raf"]).datasets == ("raf", "affectnet")  # table order
+    for bad in (["affectnet"], ["raf", "fer2013"]):
+        with pytest.raises(ValueError, match="datasets must include 'raf'"):
+            M.Setup(datasets=bad)
+    names = [r.name for r in plan("demo", chapters=["msanet"])]
+    assert names and not [n for n in names if "-affectnet-" in n]
+    assert any("-affectnet-" in r.name for r in plan("smoke", chapters=["msanet"]))
+    assert M.measured_text(smoke, "affectnet", "+1.0 points") == "+1.0 points"
+    assert M.measured_text(demo, "affectnet", "+1.0 points") == (
+        "not measured (the demo profile does not train on the AffectNet-like set)")
+    assert M.datasets_text(smoke) == "the RAF-like set and the AffectNet-like set"
+    assert M.datasets_text(demo).startswith("the RAF-like set only: the demo profile leaves out the AffectNet-like set")

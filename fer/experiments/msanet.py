@@ -72,9 +72,12 @@ chapter's notebooks share:
 .. note::
    **Pose-AffectNet.** The paper's pose columns are Wang et al.'s Pose-AffectNet lists
    (AffectNet validation faces with pose larger than 30 / 45 degrees). SynFER knows each
-   face's yaw, so the stand-ins are the AffectNet-like test faces with ``|yaw| >= 30`` and
-   ``>= 45`` degrees, scored from the same runs' predictions (no extra training). In the
-   ``paper`` profile the lists are read from ``<data_root>/affectnet/pose_affectnet/``
+   face's yaw: :func:`ablation_frame` scores the AffectNet-like test faces with
+   ``|yaw| >= 30`` and ``>= 45`` degrees from the same runs' predictions (no extra
+   training), and the SynFER profiles' pages put in their place ``wild`` faces turned that
+   far, scored by the RAF-like runs (:func:`fer.experiments.probes.msanet_pose`: the
+   AffectNet-like runs stay near chance at this scale, and the demo does not train them).
+   In the ``paper`` profile the lists are read from ``<data_root>/affectnet/pose_affectnet/``
    (``pose_30.txt``, ``pose_45.txt``: one ``subDirectory_filePath`` per line).
 """
 from __future__ import annotations
@@ -137,6 +140,8 @@ __all__ = [
     "subset_metrics",
     "comparison_table",
     "proposed_vs_ours",
+    "datasets_text",
+    "measured_text",
     "ablation_frame",
     "ablation_table",
     "parameter_table",
@@ -263,6 +268,10 @@ class Setup(ProfileSetup):
             see the module note).
         beta: equation (2)'s scale (paper: 0.6).
         crop: side of the five training crops as a fraction of the input (1: no crops).
+        datasets: the training sets the pages train on, from :data:`DATASETS` (``raf``
+            always: the explanation page and the pose columns use it). The demo leaves
+            out the AffectNet-like set (its runs stayed near chance and one seed carried
+            no verdict); the comparison page then shows the paper's Table 2 alone.
         seeds: training seeds of the ablation on the RAF-like set (the first one is used by
             the comparison and explanation pages); ``affectnet_seeds``: on the
             AffectNet-like set (``None``: the same).
@@ -298,6 +307,7 @@ class Setup(ProfileSetup):
     gamma: float = 0.1
     beta: float = BETA
     crop: float = 0.875
+    datasets: tuple[str, ...] = ("raf", "affectnet")
     seeds: tuple[int, ...] = (0,)
     affectnet_seeds: tuple[int, ...] | None = None
     hierarchy: str | None = None
@@ -314,6 +324,11 @@ class Setup(ProfileSetup):
         if self.profile not in ("smoke", "demo", "paper"):
             raise ValueError(f"profile must be smoke, demo or paper, got {self.profile!r}")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        unknown = [d for d in self.datasets if d not in DATASETS]
+        if unknown or "raf" not in self.datasets:
+            raise ValueError(f"datasets must include 'raf' and name only {list(DATASETS)}, got {list(self.datasets)} "
+                             f"(book/profiles.yml, msanet)")
+        object.__setattr__(self, "datasets", tuple(d for d in DATASETS if d in self.datasets))  # in table order
         if self.affectnet_seeds is not None:
             object.__setattr__(self, "affectnet_seeds", tuple(int(s) for s in self.affectnet_seeds))
         if not self.seeds:
@@ -557,6 +572,31 @@ def comparison_table(dataset: str, ours: RunResult | None = None, *, label: str 
         rows.append({"method": label, "backbone": "ResNet-18 stem + 3 branches", "year": None,
                      "acc. (%)": subset_metrics(ours)["accuracy"], "source": "ours (this profile's data)"})
     return pd.DataFrame(rows)
+
+
+_STAND_IN_NAMES = {"raf": "the RAF-like set", "affectnet": "the AffectNet-like set"}
+
+
+def _set_name(setup: Setup, dataset: str) -> str:
+    return _STAND_IN_NAMES[dataset] if setup.synthetic else DATASETS[dataset].paper_name
+
+
+def datasets_text(setup: Setup) -> str:
+    """The sets ``setup`` trains on, in words, and what a profile that leaves one out leaves out."""
+    trained = " and ".join(_set_name(setup, d) for d in setup.datasets)
+    left = [d for d in DATASETS if d not in setup.datasets]
+    if not left:
+        return trained
+    return (f"{trained} only: the {setup.profile} profile leaves out " + " and ".join(_set_name(setup, d) for d in left)
+            + " to stay within the book's CPU budget (the paper profile trains on every set)")
+
+
+def measured_text(setup: Setup, dataset: str, value: str) -> str:
+    """``value`` (a number as the page prints it) when ``setup`` trains on ``dataset``, else
+    a phrase saying that this profile does not measure it."""
+    if dataset in setup.datasets:
+        return value
+    return f"not measured (the {setup.profile} profile does not train on {_set_name(setup, dataset)})"
 
 
 def proposed_vs_ours(results: Mapping[str, RunResult], setup: Setup) -> list[dict[str, Any]]:

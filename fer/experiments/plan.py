@@ -449,7 +449,7 @@ def _mapnet(setup: mapnet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
 
 
 def _msanet(setup: msanet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list[PlannedRun]:
-    """ablation (every row x dataset x seed), comparison (MSA-Net per dataset) and explain
+    """ablation (every row x dataset of ``setup.datasets`` x seed), comparison (MSA-Net per dataset) and explain
     (baseline and MSA-Net on RAF-DB), plus the trunk pretraining every row starts from when
     ``pretrain_task`` is set."""
     S = msanet
@@ -474,12 +474,12 @@ def _msanet(setup: msanet.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
               call=f"msanet.run_row(setup, load_data(setup, {dataset!r}), {row!r}, seed={seed})")
 
     rel, _ = p.page("ablation")
-    for d in S.DATASETS:
+    for d in setup.datasets:
         for s in setup.seeds_for(d):
             for row in S.ROWS:
                 add(rel, d, row, s)
     rel, _ = p.page("comparison")
-    for d in S.DATASETS:
+    for d in setup.datasets:
         add(rel, d, "full")
     rel, _ = p.page("explain")
     for row in ("baseline", "full"):

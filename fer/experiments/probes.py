@@ -254,7 +254,7 @@ def msanet_pose_text(synthetic: bool, n: int) -> str:
     lv = {k: f"{v[0]:g} to {v[-1]:g}" for k, v in POSE_LEVELS.items()}
     return (f"SynFER wild faces turned by |yaw| {lv['pose30']} degrees (|yaw| >= 30) and {lv['pose45']} degrees "
             f"(|yaw| >= 45), about {n} per subset from a seed no run uses, scored with the RAF-like runs of every "
-            "seed: the AffectNet-like runs stay near chance at this scale, and their one seed cannot carry a verdict")
+            "seed (the AffectNet-like set's runs, where a profile trains them, stay near chance at this scale)")
 
 
 def pose_labels(table: Any, synthetic: bool):
