@@ -47,6 +47,21 @@ def test_linear_probe_trains_the_classifier_only(data):
     assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["mean class accuracy"] <= 1.0
 
 
+def test_linear_probe_scores_are_the_models_own(data):
+    """The classifier trained on cached features, put back in the network, scores the test
+    faces exactly as the network itself does (the features are the network's pooled ones)."""
+    from fer.train import evaluate
+
+    train, test = data
+    model, scores = P.train_probe("linear probe", train, test, epochs=1, progress=False)
+    config = P.probe_config("linear probe", model, epochs=1, image_size=SIDE)
+    res = evaluate(model, test, config, progress=False)
+    assert scores["accuracy"] == pytest.approx(float(res["accuracy"]))
+    assert scores["mean class accuracy"] == pytest.approx(float(res["mean_class_accuracy"]))
+    feats = P.pooled_features(model, test, config)
+    assert feats.shape == (len(test), model.get_classifier().in_features)
+
+
 def test_fine_tuning_moves_dlib_weights_and_random_init_starts_elsewhere(data):
     train, test = data
     dlib = P.build_probe_model("fine-tuned")
