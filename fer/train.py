@@ -582,8 +582,9 @@ def build_optimizer(params: Iterable[nn.Parameter], config: TrainConfig, *, lr: 
        update rule in one kernel over all parameters, about 4.5x faster than the default
        per-parameter step on the CPU (Adam on MAPNet's two ResNet-10s at width 1/4, one
        core: 8.1 -> 1.8 ms a step; SGD 3.4 -> 0.75 ms). Its float rounding differs from the
-       default step's in the last bits, so runs trained with it differ from earlier ones
-       by seed-level noise, never systematically.
+       default step's in the last bits, so a run trained with it differs from one trained
+       with the default step as a run with another seed would (``tests/test_train.py``
+       checks the two steps agree to rounding over a few updates).
     """
     params = list(params)
     lr = float(config.lr if lr is None else lr)
