@@ -30,7 +30,7 @@ def _fixed(points: np.ndarray) -> np.ndarray:
     # np.rint is np.round's half-to-even without its Python wrapper (the same integers).
     scaled = np.multiply(points, float(_ONE), dtype=np.float64)
     np.rint(scaled, out=scaled)
-    return scaled.astype(np.int32).reshape(-1, 1, 2)
+    return scaled.astype(np.int32).reshape(-1, 2)  # OpenCV takes N x 2 int32 points as they are
 
 
 def _col(colour: Colour | float, channels: int) -> tuple[float, ...]:
@@ -46,7 +46,7 @@ def fill(img: np.ndarray, points: np.ndarray, colour: Colour | float) -> None:
     if len(points) < 3:
         return
     ch = 1 if img.ndim == 2 else img.shape[2]
-    cv2.fillPoly(img, [_fixed(points)], _col(colour, ch), lineType=cv2.LINE_AA, shift=_SHIFT)
+    cv2.fillPoly(img, [_fixed(points)], _col(colour, ch), cv2.LINE_AA, _SHIFT)
 
 
 def line(img: np.ndarray, points: np.ndarray, colour: Colour | float, thickness: float = 1.0,
@@ -56,8 +56,7 @@ def line(img: np.ndarray, points: np.ndarray, colour: Colour | float, thickness:
         return
     ch = 1 if img.ndim == 2 else img.shape[2]
     t = max(1, int(round(thickness)))
-    cv2.polylines(img, [_fixed(points)], closed, _col(colour, ch), thickness=t, lineType=cv2.LINE_AA,
-                  shift=_SHIFT)
+    cv2.polylines(img, [_fixed(points)], closed, _col(colour, ch), t, cv2.LINE_AA, _SHIFT)
 
 
 @functools.lru_cache(maxsize=32)
