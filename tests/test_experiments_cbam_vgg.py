@@ -63,7 +63,8 @@ def test_setup_validation_and_profiles_yml():
     assert C.Setup().seeds == (0,) and C.Setup(seed=3).seeds == (3,) and C.Setup(seeds=[2, 0]).seeds == (2, 0)
     with pytest.raises(ValueError, match="seeds"):
         C.Setup(seeds=[1, 1])
-    assert setups["demo"].seeds == setups["paper"].seeds == (0, 1, 2)  # the claim's power in both
+    assert setups["demo"].seeds == (0, 1, 2, 3, 4)  # 5 seeds: at 3 the claimed gain flipped sign (profiles.yml)
+    assert setups["paper"].seeds == (0, 1, 2)
 
 
 def test_paper_profile_without_data_names_what_is_missing():

@@ -62,9 +62,9 @@ from .._dry_run import STEPS as DRY_STEPS
 from .._dry_run import dry_run
 from .._progress import bar_disabled
 from ..data.cached import CachedDataset, bar_kwargs, cache_dataset
+from ..data.synfer import SynFER
 from ..data.transforms import model_input
 from ..metrics import evaluation_metrics
-from ..data.synfer import SynFER
 from ..models import create_model
 from ..train import Stage, TrainConfig, evaluate, fit
 
