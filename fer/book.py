@@ -37,7 +37,10 @@ What happens, in order:
    ``TQDM_DISABLE=1`` (progress bars would end up in the pages), ``FER_RUNS_QUIET=1``
    (run logs stay out of the pages: :func:`fer.runs.run` logs them) and the headless
    matplotlib inline backend (``MPLBACKEND=module://matplotlib_inline.backend_inline``;
-   plain ``Agg`` would drop every figure from the pages).
+   plain ``Agg`` would drop every figure from the pages). With ``--jobs N``, N kernels
+   run side by side, one chapter's pages after another (:func:`page_groups`), the chapters
+   expected to take longest first (:func:`longest_first`, from the ``schedule`` minutes of
+   ``profiles.yml``).
 5. Executions are cached under ``_build/cache/<profile>/``. The key hashes the notebook
    bytes, the injected parameters, the chapter entry of ``book/profiles.yml`` that a
    chapter page reads through ``Setup.for_profile`` (:mod:`fer.profiles`), the profile,
@@ -115,8 +118,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ._dry_run import cap_page_parameters
 from ._hashing import files_fingerprint, import_closure, imported_modules, package_fingerprint
-from .profiles import (PROFILES, PROFILES_FILE, ROOT_ENV, ProfileError, chapter_entries, chapter_of, find_root,
-                       page_entries, resolve_device)
+from .profiles import (PROFILES, PROFILES_FILE, ROOT_ENV, ProfileError, chapter_entries, chapter_of, expected_minutes,
+                       find_root, page_entries, resolve_device)
 
 import yaml
 
@@ -138,6 +141,7 @@ __all__ = [
     "package_fingerprint",
     "page_code_fingerprint",
     "page_groups",
+    "longest_first",
     "after_all",
     "environment_fingerprint",
     "cache_key",
@@ -1095,6 +1099,35 @@ def page_groups(root: Path, notebooks: Sequence[Path]) -> list[list[Path]]:
     return list(groups.values()) + ([last] if last else [])
 
 
+#: Minutes :func:`longest_first` counts for a page that ``profiles.yml`` gives no estimate
+#: (:func:`fer.profiles.expected_minutes`).
+SHORT_PAGE_MINUTES = 0.5
+
+
+def longest_first(groups: Sequence[Sequence[Path]], minutes: Mapping[Path, float], *,
+                  keep_last: bool = False) -> list[list[Path]]:
+    """``groups`` (:func:`page_groups`) ordered by their pages' total expected ``minutes``,
+    most first (ties keep book order); ``keep_last`` leaves the last group last (the pages
+    that run after every other group).
+
+    ``--jobs N`` hands groups to its N workers in this order, so the longest chapters start
+    first and the short ones fill in around them: the longest-processing-time-first rule,
+    which keeps the workers busy to the end instead of leaving one long chapter running
+    alone. (In book order the demo book's short datasets group went first and the longest
+    chapter's last pages ran with one core idle.)
+    """
+    head = list(groups[:-1] if keep_last else groups)
+    order = sorted(range(len(head)), key=lambda i: -sum(minutes.get(rel, 0.0) for rel in head[i]))
+    return [list(head[i]) for i in order] + ([list(groups[-1])] if keep_last and groups else [])
+
+
+def _needs_no_kernel(paths: BookPaths, job: _Job, profile: str, force: bool, dry_run: bool) -> bool:
+    """Whether :func:`_run_one` will stage ``job`` without executing it (cached or not selected)."""
+    if not job.selected:
+        return True
+    return not (force or dry_run) and _cache_lookup(paths, profile, job.rel, job.key) is not None
+
+
 def after_all(root: Path, rel: Path) -> bool:
     """Whether page ``rel`` names more than one chapter other than its own (:func:`page_chapters`):
     it uses their runs, so ``--jobs N`` executes it after every chapter (:func:`page_groups`)."""
@@ -1203,6 +1236,11 @@ def run_notebooks(
 
     groups = page_groups(paths.root, [job.rel for job in plan]) if jobs > 1 else [[job.rel] for job in plan]
     by_rel = {job.rel: job for job in plan}
+    if jobs > 1:
+        minutes = expected_minutes(paths.root, profile)
+        groups = longest_first(groups, {job.rel: 0.0 if _needs_no_kernel(paths, job, profile, force, dry_run)
+                                        else minutes.get(job.rel.as_posix(), SHORT_PAGE_MINUTES) for job in plan},
+                               keep_last=bool(groups) and all(after_all(paths.root, r) for r in groups[-1]))
     bar = tqdm(total=len(plan), desc=f"notebooks ({profile})", unit="nb")
     env = _kernel_environment(profile, device or "auto", paths.root, threads=kernel_threads(jobs),
                               dry_runs=paths.dry_runs if dry_run else None,
@@ -1450,7 +1488,8 @@ def _parser(prog: str = "python -m fer.book run") -> argparse.ArgumentParser:
     parser.add_argument("--root", type=Path, default=None,
                         help="book root holding _toc.yml (default: cwd, else the fer checkout)")
     parser.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default 1); each chapter's pages still run in order, "
-                        "one chapter beside another (page_groups)")
+                        "one chapter beside another (page_groups), the longest chapters first "
+                        "(profiles.yml's schedule)")
     parser.add_argument("--package-dir", type=Path, default=None,
                         help="package whose *.py files enter the cache key (default: fer itself)")
     return parser

@@ -11,6 +11,9 @@ The book runs in three profiles (``smoke``, ``demo``, ``paper``; see DESIGN.md).
   profile to the page's own knobs (``rows``, ``n_show``, ...), which ``python -m fer.book``
   injects into the notebook's ``parameters`` cell. Every notebook has one, even if empty.
 * keys starting with ``x-`` are not entries: they hold values shared through YAML anchors.
+* the key ``schedule`` is not an entry either: it maps each profile to the minutes each page
+  is expected to take to execute (:func:`expected_minutes`), which ``--jobs N`` uses to start
+  the longest groups of pages first.
 
 This module sits below the experiments and the book runner, so both read profiles and
 resolve devices without the library importing the runner.
@@ -33,6 +36,7 @@ __all__ = [
     "chapter_entries",
     "page_entries",
     "chapter_of",
+    "expected_minutes",
     "resolve_device",
 ]
 
@@ -42,6 +46,8 @@ PROFILES: tuple[str, ...] = ("smoke", "demo", "paper")
 PROFILES_FILE = Path("book") / "profiles.yml"
 #: Environment variable naming the book root (the runner sets it for its kernels).
 ROOT_ENV = "FER_BOOK_ROOT"
+#: The top-level key of ``profiles.yml`` holding :func:`expected_minutes` (not an entry).
+SCHEDULE_KEY = "schedule"
 
 
 class ProfileError(RuntimeError):
@@ -75,7 +81,7 @@ def _check_profile(profile: str) -> None:
 def read_profiles(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """Every entry of ``root/book/profiles.yml``: ``{key: {profile: {name: value}}}``.
 
-    Keys starting with ``x-`` are dropped; a profile written without values
+    Keys starting with ``x-`` and :data:`SCHEDULE_KEY` are dropped; a profile written without values
     (``demo:``) reads as ``{}``. A missing file reads as no entries.
     """
     path = root / PROFILES_FILE
@@ -90,7 +96,7 @@ def read_profiles(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for key, per_profile in data.items():
         key = str(key)
-        if key.startswith("x-"):
+        if key.startswith("x-") or key == SCHEDULE_KEY:
             continue
         if not isinstance(per_profile, dict):
             raise ProfileError(f"{path}: entry {key!r} must map profile names to parameter dicts")
@@ -150,6 +156,35 @@ def chapter_entries(root: Path, profile: str) -> dict[str, dict[str, Any]]:
     _check_profile(profile)
     return {key: entry[profile] for key, entry in read_profiles(root).items()
             if not _is_page(key) and profile in entry}
+
+
+def expected_minutes(root: Path, profile: str) -> dict[str, float]:
+    """``{notebook path: minutes}``: how long each page is expected to take to execute in
+    ``profile`` from an empty cache on the book's reference machine (2 CPU cores, ``--jobs 2``),
+    from the ``schedule`` key of ``profiles.yml``. Not parameters and not in any cache key:
+    ``python -m fer.book --jobs N`` starts the groups of pages with the most minutes first.
+    A page left out has no estimate (the runner counts it as a short page).
+    """
+    _check_profile(profile)
+    path = root / PROFILES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path} is not valid YAML: {exc}") from exc
+    per_profile = data.get(SCHEDULE_KEY) if isinstance(data, dict) else None
+    if per_profile is None:
+        return {}
+    if not isinstance(per_profile, dict) or not all(isinstance(v, dict) or v is None for v in per_profile.values()):
+        raise ProfileError(f"{path}: {SCHEDULE_KEY!r} must map profile names to {{notebook path: minutes}}")
+    minutes = per_profile.get(profile) or {}
+    bad = {k: v for k, v in minutes.items()
+           if not _is_page(str(k)) or isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0}
+    if bad:
+        raise ProfileError(f"{path}: {SCHEDULE_KEY} -> {profile}: each key must be a notebook path and each value "
+                           f"a number of minutes >= 0; got {bad}")
+    return {str(k): float(v) for k, v in minutes.items()}
 
 
 def resolve_device(device: str | None = None) -> str:

@@ -562,6 +562,50 @@ def test_a_page_using_several_chapters_starts_after_them_under_jobs(
     assert a[0] < b[1] and b[0] < a[1]  # the two chapters ran side by side
 
 
+def test_longest_first_orders_groups_by_their_expected_minutes() -> None:
+    a, b, c, d, last = (Path(f"book/{x}/p.ipynb") for x in ("a", "b", "c", "d", "beyond"))
+    groups = [[a], [b, Path("book/b/q.ipynb")], [c], [d], [last]]
+    minutes = {a: 2.0, b: 1.0, Path("book/b/q.ipynb"): 3.0, c: 2.0, last: 9.0}
+    # b's pages add up to 4; a and c tie at 2 and keep book order; d has no estimate (0)
+    assert book.longest_first(groups, minutes, keep_last=True) == [groups[1], [a], [c], [d], [last]]
+    assert book.longest_first(groups, minutes)[0] == [last]
+    assert book.longest_first([], {}, keep_last=True) == []
+
+
+def test_jobs_start_the_chapters_expected_to_take_longest_first(
+        tiny_book: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """profiles.yml's schedule decides which chapter groups --jobs starts first; a cached page counts 0."""
+    toc = yaml.safe_load((tiny_book / "_toc.yml").read_text())
+    rels = ("book/c1/a", "book/c2/b", "book/c3/c")
+    toc["parts"].append({"caption": "More", "chapters": [{"file": r} for r in rels]})
+    (tiny_book / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    for rel in rels:
+        _notebook(tiny_book / f"{rel}.ipynb", "print(1)", parameters=PARAMS, title=rel)
+    profiles = yaml.safe_load((tiny_book / "book/profiles.yml").read_text())
+    profiles.update({f"{rel}.ipynb": {"demo": {}, "paper": {}} for rel in rels})
+    profiles["schedule"] = {"demo": {"book/c1/a.ipynb": 1, "book/c2/b.ipynb": 30, "book/c3/c.ipynb": 20}}
+    (tiny_book / "book/profiles.yml").write_text(yaml.safe_dump(profiles))
+    started: list[str] = []
+
+    def fake_run_one(paths, job, profile, force, progress, dry_run=False):
+        started.append(job.rel.as_posix())
+        return book.NotebookResult(job.rel.as_posix(), profile, {}, seconds=0.0)
+
+    monkeypatch.setattr(book, "_run_one", fake_run_one)
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--jobs", "1") == 0
+    in_book_order = list(started)
+    started.clear()
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--jobs", "2") == 0
+    assert started.index("book/c2/b.ipynb") < started.index("book/c3/c.ipynb") < started.index("book/c1/a.ipynb")
+    assert in_book_order.index("book/c1/a.ipynb") < in_book_order.index("book/c2/b.ipynb")  # --jobs 1: book order
+    # a page whose cached copy is current needs no kernel: its chapter counts no minutes
+    monkeypatch.setattr(book, "_cache_lookup", lambda paths, profile, rel, key: (
+        paths.root / rel if rel.as_posix() == "book/c2/b.ipynb" else None))
+    started.clear()
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--jobs", "2") == 0
+    assert started.index("book/c3/c.ipynb") < started.index("book/c1/a.ipynb") < started.index("book/c2/b.ipynb")
+
+
 def test_kernels_share_the_cores_under_jobs(monkeypatch):
     assert book.kernel_threads(1, cpus=16) is None  # one page at a time: each library's default
     assert (book.kernel_threads(2, cpus=2), book.kernel_threads(3, cpus=2), book.kernel_threads(2, cpus=16)) == (1, 1, 8)

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from fer import REPO_ROOT, book
-from fer.profiles import ProfileError, chapter_entry, chapter_of, find_root, page_entries, read_profiles
+from fer.profiles import (ProfileError, chapter_entry, chapter_of, expected_minutes, find_root, page_entries,
+                          read_profiles)
 
 CHAPTERS = ("cbam_vgg", "manet", "mapnet", "msanet", "masked")
 
@@ -50,6 +51,23 @@ def test_no_stray_entries() -> None:
     pages = {p.as_posix() for p in _pages()}
     for key in read_profiles(REPO_ROOT):
         assert key in pages or key in CHAPTERS, f"book/profiles.yml: {key!r} is neither a page nor a chapter"
+    for profile in ("demo", "paper"):
+        stray = set(expected_minutes(REPO_ROOT, profile)) - pages
+        assert not stray, f"book/profiles.yml: schedule -> {profile} names pages not in _toc.yml: {sorted(stray)}"
+    # the demo book's schedule covers every page (a page left out would be started as if it were short)
+    assert set(expected_minutes(REPO_ROOT, "demo")) == {p for p in pages if p.endswith(".ipynb")}
+
+
+def test_the_schedule_is_minutes_per_page_and_no_entry(tmp_path: Path) -> None:
+    root = _tiny_root(tmp_path, {"book/x/p.ipynb": {"demo": {"n": 1}},
+                                 "schedule": {"demo": {"book/x/p.ipynb": 2.5}, "paper": None}})
+    assert read_profiles(root) == {"book/x/p.ipynb": {"demo": {"n": 1}}}
+    assert expected_minutes(root, "demo") == {"book/x/p.ipynb": 2.5}
+    assert expected_minutes(root, "paper") == {}
+    for i, bad in enumerate(({"demo": {"cbam_vgg": 3}}, {"demo": {"book/x/p.ipynb": -1}},
+                             {"demo": {"book/x/p.ipynb": "long"}}, {"demo": [1]})):
+        with pytest.raises(ProfileError, match="schedule"):
+            expected_minutes(_tiny_root(tmp_path / str(i), {"schedule": bad}), "demo")
 
 
 def _tiny_root(tmp_path: Path, entry: dict) -> Path:
