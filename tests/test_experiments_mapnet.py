@@ -81,6 +81,24 @@ def test_setup_validation():
         E.trunk_pretrain(E.Setup(pretrain_task=None))
 
 
+def test_a_profile_may_run_no_sweep():
+    """Figure 6's sweeps are breadth the demo cuts (book/profiles.yml): no sweep runs are planned,
+    and the page says what the paper profile sweeps instead of reporting an optimum."""
+    from fer.experiments import plan
+
+    setups = E.profile_setups()
+    demo, paper = setups["demo"], setups["paper"]
+    assert not E.runs_sweeps(demo) and E.runs_sweeps(paper) and E.runs_sweeps(E.Setup())
+    text = E.sweep_not_run_text(demo, paper)
+    assert text.startswith("not measured: the demo profile runs no sweep")
+    assert "K over 1, 2, 3, 4, 5, 6" in text and "alpha over 0.2, 0.4, 0.6, 0.8, 1, 1.2" in text
+    assert E.sweep_not_run_text(demo) == text  # the paper profile's values by default
+    names = {r.name for r in plan.plan("demo", chapters=["mapnet"])}
+    swept = {n for n in names if "-wcl-" in n and "-wcl-k4-a0.8" not in n}  # the full model off its K, alpha
+    assert names and not swept
+    assert any("-wcl-k1-" in r.name for r in plan.plan("paper", chapters=["mapnet"]))
+
+
 def test_ablation_rows_switch_the_model_and_the_loss():
     s = E.Setup()
     base, ps, mam, wcl = (E.row_model_kwargs(s, r) for r in E.ROWS)

@@ -145,6 +145,8 @@ __all__ = [
     "table1",
     "table2",
     "sweep_table",
+    "runs_sweeps",
+    "sweep_not_run_text",
     "class_weight_table",
     "gamma_table",
     "explain_set",
@@ -644,6 +646,26 @@ def sweep_table(results: Mapping[tuple[float, int], RunResult], name: str):
 
     return pd.DataFrame([{name: v, "seed": s, "RAF-DB stand-in": accuracy(r, "test"),
                           "FED-RO stand-in": accuracy(r, "occluded")} for (v, s), r in sorted(results.items())])
+
+
+def runs_sweeps(setup: Setup) -> bool:
+    """Whether ``setup`` runs Figure 6's sweeps: the demo profile leaves them out (its
+    ``blocks_values`` and ``alpha_values`` are empty; see ``book/profiles.yml``)."""
+    return bool(setup.blocks_values or setup.alpha_values)
+
+
+def _values_text(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def sweep_not_run_text(setup: Setup, paper: Setup | None = None) -> str:
+    """What a profile without sweeps (:func:`runs_sweeps`) says in place of Figure 6's results,
+    naming the values the ``paper`` profile sweeps (default: its ``book/profiles.yml`` entry)."""
+    paper = profile_setups()["paper"] if paper is None else paper
+    return (f"not measured: the {setup.profile} profile runs no sweep (at one seed a sweep's span "
+            f"could not be told from seed noise, and its runs cost minutes of the book's CPU budget); "
+            f"the paper profile sweeps K over {_values_text(paper.blocks_values)} and alpha over "
+            f"{_values_text(paper.alpha_values)}, {len(paper.sweep_seeds)} seed(s) each")
 
 
 def class_weight_table(counts: Mapping[str, int], gammas: Sequence[float] = (0.5, 1.0, 2.0, 3.0)):
