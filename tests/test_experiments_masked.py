@@ -56,6 +56,23 @@ def test_setup_validation_and_profiles():
     assert len(setups["demo"].seeds) >= 3
 
 
+def test_the_demo_leaves_the_shared_variants_out():
+    """The shared-extractor variants are the paper's future work: breadth the demo cuts (book/profiles.yml);
+    the pages and the planner follow Setup.shared."""
+    from fer.experiments import plan
+
+    setups = X.profile_setups()
+    assert not setups["demo"].shared and setups["paper"].shared and X.Setup().shared
+    assert X.page_models(setups["demo"], "shared") == X.page_models(setups["demo"], "stage2") == X.TABLE3_MODELS
+    assert X.page_models(setups["paper"], "shared") == X.TABLE3_MODELS + X.SHARED_MODELS
+    with pytest.raises(ValueError, match="page"):
+        X.page_models(X.Setup(), "stage1")
+    assert X.shared_not_run_text(setups["demo"]).startswith("The demo profile does not train")
+    rows = {r.row for r in plan.plan("demo", chapters=["masked"])}
+    assert rows and not rows & set(X.SHARED_MODELS)
+    assert set(X.SHARED_MODELS) <= {r.row for r in plan.plan("paper", chapters=["masked"])}
+
+
 def test_paper_configs_without_training():
     paper = X.profile_setups()["paper"]
     cfg = X.train_config(paper, "fecn", 0)

@@ -114,6 +114,10 @@ __all__ = [
     "build_model",
     "run_mcn",
     "run_model",
+    "TABLE3_MODELS",
+    "SHARED_MODELS",
+    "page_models",
+    "shared_not_run_text",
     "run_all",
     "table3",
     "table3_paper_vs_ours",
@@ -192,6 +196,9 @@ class Setup(ProfileSetup):
         shift: max random shift in pixels at ``input_size`` (``None``: ``input_size // 16``).
         seeds: training seeds of every stage-2 row (the MCN trains once, with the first).
         data_seed: seed of the data (fixed across training seeds).
+        shared: train the shared-extractor variants (``fecn_shared``, ``fecn_shared_ft``:
+            the paper's future work, not its claims) on the Shared page (:func:`page_models`);
+            the demo profile leaves them out to stay within the book's CPU budget.
         device: ``auto``, ``cpu``, ``cuda``.
     """
 
@@ -224,6 +231,7 @@ class Setup(ProfileSetup):
     shift: int | None = None
     seeds: tuple[int, ...] = (0,)
     data_seed: int = 0
+    shared: bool = True
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -521,7 +529,27 @@ def run_model(setup: Setup, data: ChapterData, name: str, seed: int, *, mcn: Run
                spec={"model": name, "mcn_run": mcn_name, **model_kwargs(setup)}, progress=progress)
 
 
-def run_all(setup: Setup, data: ChapterData, models: Sequence[str] = ("vgg11", "abn", "fecn"), *,
+#: The rows of Stage 2 (Table 3), and the shared-extractor variants the Shared page adds.
+TABLE3_MODELS: tuple[str, ...] = ("vgg11", "abn", "fecn")
+SHARED_MODELS: tuple[str, ...] = ("fecn_shared", "fecn_shared_ft")
+
+
+def page_models(setup: Setup, page: str) -> tuple[str, ...]:
+    """The rows a page trains (or loads): ``"stage2"`` Table 3's, ``"shared"`` those plus the
+    shared-extractor variants where ``setup.shared``."""
+    if page not in ("stage2", "shared"):
+        raise ValueError(f"page must be 'stage2' or 'shared', got {page!r}")
+    return TABLE3_MODELS + (SHARED_MODELS if page == "shared" and setup.shared else ())
+
+
+def shared_not_run_text(setup: Setup) -> str:
+    """What the Shared page says in place of the variants' accuracy where ``setup.shared`` is off."""
+    return (f"The {setup.profile} profile does not train the shared-extractor variants: they are the paper's "
+            "future work rather than its claims, and their runs cost minutes of the book's CPU budget "
+            "(the paper profile trains both, at every seed).")
+
+
+def run_all(setup: Setup, data: ChapterData, models: Sequence[str] = TABLE3_MODELS, *,
             progress: bool = True) -> tuple[RunResult, dict[str, list[RunResult]]]:
     """The MCN and every model in ``models`` over ``setup.seeds`` (cached)."""
     mcn = run_mcn(setup, data, progress=progress)

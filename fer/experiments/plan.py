@@ -505,7 +505,7 @@ def _masked(setup: masked.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
 
     def trainer_of(model: str, seed: int) -> Callable[[_Context], RunResult]:
         def trainer(ctx: _Context) -> RunResult:
-            stage2 = model in ("fecn", "fecn_shared", "fecn_shared_ft")
+            stage2 = model in ("fecn",) + X.SHARED_MODELS
             return X.run_model(setup, data(ctx), model, seed, mcn=mcn(ctx) if stage2 else None,
                                progress=ctx.progress)
         return trainer
@@ -517,7 +517,7 @@ def _masked(setup: masked.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
               call="masked.run_mcn(setup, load_data(setup))", needs=trunk)
 
     def add(rel: str, model: str, seed: int) -> None:
-        stage2 = model in ("fecn", "fecn_shared", "fecn_shared_ft")
+        stage2 = model in ("fecn",) + X.SHARED_MODELS
         trunk = p.add_trunk(rel, setup, X, seed=setup.data_seed)
         p.add(rel, name=X._run_name(setup, f"{model}-s{seed}"), row=model, seed=seed,
               dataset=f"M-FER-dataset ({source})", train_images=setup.n_train, epochs=setup.epochs, estimate=False,
@@ -527,8 +527,8 @@ def _masked(setup: masked.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
     rel, _ = p.page("stage1")
     add_mcn(rel)
     add(rel, "abn", seed0)
-    for page, models in (("stage2", ("vgg11", "abn", "fecn")),
-                         ("shared", ("vgg11", "abn", "fecn", "fecn_shared", "fecn_shared_ft"))):
+    for page in ("stage2", "shared"):
+        models = X.page_models(setup, page)
         rel, _ = p.page(page)
         add_mcn(rel)
         for m in models:
