@@ -40,7 +40,8 @@ What happens, in order:
    plain ``Agg`` would drop every figure from the pages). With ``--jobs N``, N kernels
    run side by side, one chapter's pages after another (:func:`page_groups`), the chapters
    expected to take longest first (:func:`longest_first`, from the ``schedule`` minutes of
-   ``profiles.yml``).
+   ``profiles.yml``), each with the cores shared among the kernels running at once as its
+   threads (``OMP_NUM_THREADS`` and the like, unless set: :func:`wave_threads`).
 5. Executions are cached under ``_build/cache/<profile>/``. The key hashes the notebook
    bytes, the injected parameters, the chapter entry of ``book/profiles.yml`` that a
    chapter page reads through ``Setup.for_profile`` (:mod:`fer.profiles`), the profile,
@@ -142,6 +143,7 @@ __all__ = [
     "page_code_fingerprint",
     "page_groups",
     "longest_first",
+    "wave_threads",
     "after_all",
     "environment_fingerprint",
     "cache_key",
@@ -560,6 +562,16 @@ def kernel_threads(jobs: int, cpus: int | None = None) -> int | None:
     if jobs <= 1:
         return None
     return max(1, (cpus if cpus is not None else os.cpu_count() or 1) // jobs)
+
+
+def wave_threads(jobs: int, groups: int, cpus: int | None = None) -> int:
+    """CPU threads each kernel of a wave of ``groups`` page groups gets under ``--jobs jobs``:
+    :func:`kernel_threads` of the kernels that actually run at once. The comparison page,
+    which starts alone once every chapter has finished, gets every core instead of one."""
+    at_once = min(jobs, groups)
+    if at_once > 1:
+        return kernel_threads(at_once, cpus) or 1
+    return max(1, cpus if cpus is not None else os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
@@ -1248,6 +1260,7 @@ def run_notebooks(
     # Pages that use several chapters' runs (the last group, page_groups) start after the others.
     waves = ([groups[:-1], groups[-1:]] if jobs > 1 and groups and all(after_all(paths.root, r) for r in groups[-1])
              else [groups])
+    owned = [name for name in THREAD_ENV if not os.environ.get(name)]  # the user's own settings win
     with env, concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         running = 0
         while running or waves:
@@ -1255,6 +1268,9 @@ def run_notebooks(
                 wave = waves.pop(0)
                 if failure is not None:
                     break
+                if jobs > 1:  # a wave narrower than --jobs (the last one) shares the cores among fewer kernels
+                    threads = wave_threads(jobs, len(wave))
+                    os.environ.update({name: str(threads) for name in owned})
                 for group in wave:
                     pool.submit(work, [by_rel[rel] for rel in group])
                 running = len(wave)

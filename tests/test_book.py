@@ -617,6 +617,39 @@ def test_kernels_share_the_cores_under_jobs(monkeypatch):
     assert "OMP_NUM_THREADS" not in os.environ  # restored afterwards
 
 
+def test_a_page_running_alone_gets_every_core(tiny_book: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under --jobs 2 the chapters share the cores; the page that waits for all of them starts alone
+    and gets them all (wave_threads), unless the user set the thread count."""
+    assert (book.wave_threads(2, 5, cpus=2), book.wave_threads(2, 1, cpus=2), book.wave_threads(4, 2, cpus=16)) == (1, 2, 8)
+    toc = yaml.safe_load((tiny_book / "_toc.yml").read_text())
+    rels = ("book/c1/a", "book/c2/b", "book/beyond/all")
+    toc["parts"].append({"caption": "More", "chapters": [{"file": r} for r in rels]})
+    (tiny_book / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    for rel in rels:
+        _notebook(tiny_book / f"{rel}.ipynb", "print(1)", parameters=PARAMS, title=rel)
+    nb = nbformat.read(tiny_book / "book/beyond/all.ipynb", as_version=4)
+    nb.metadata["fer_chapters"] = ["c1", "c2"]
+    nbformat.write(nb, tiny_book / "book/beyond/all.ipynb")
+    profiles = yaml.safe_load((tiny_book / "book/profiles.yml").read_text())
+    profiles.update({f"{rel}.ipynb": {"demo": {}, "paper": {}} for rel in rels})
+    (tiny_book / "book/profiles.yml").write_text(yaml.safe_dump(profiles))
+    seen: dict[str, tuple[str | None, str | None]] = {}
+
+    def fake_run_one(paths, job, profile, force, progress, dry_run=False):
+        seen[job.rel.as_posix()] = (os.environ.get("OMP_NUM_THREADS"), os.environ.get("MKL_NUM_THREADS"))
+        return book.NotebookResult(job.rel.as_posix(), profile, {}, seconds=0.0)
+
+    monkeypatch.setattr(book, "_run_one", fake_run_one)
+    monkeypatch.setattr(book.os, "cpu_count", lambda: 4)
+    for name in book.THREAD_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    assert _run(tiny_book, "--profile", "demo", "--no-build", "--jobs", "2") == 0
+    assert seen["book/c1/a.ipynb"] == seen["book/c2/b.ipynb"] == ("2", "3")
+    assert seen["book/beyond/all.ipynb"] == ("4", "3")
+    assert "OMP_NUM_THREADS" not in os.environ  # restored afterwards
+
+
 def test_the_table_sorting_script_parses():
     node = shutil.which("node")
     if node is None:
