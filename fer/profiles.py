@@ -78,6 +78,16 @@ def _check_profile(profile: str) -> None:
         raise ProfileError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
 
 
+def _load(path: Path) -> Any:
+    """The parsed ``profiles.yml`` at ``path`` (``{}`` when it is missing or empty)."""
+    if not path.is_file():
+        return {}
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path} is not valid YAML: {exc}") from exc
+
+
 def read_profiles(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """Every entry of ``root/book/profiles.yml``: ``{key: {profile: {name: value}}}``.
 
@@ -85,12 +95,7 @@ def read_profiles(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     (``demo:``) reads as ``{}``. A missing file reads as no entries.
     """
     path = root / PROFILES_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path} is not valid YAML: {exc}") from exc
+    data = _load(path)
     if not isinstance(data, dict):
         raise ProfileError(f"{path} must map chapters and notebook paths to {{profile: {{name: value}}}}")
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -167,12 +172,7 @@ def expected_minutes(root: Path, profile: str) -> dict[str, float]:
     """
     _check_profile(profile)
     path = root / PROFILES_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path} is not valid YAML: {exc}") from exc
+    data = _load(path)
     per_profile = data.get(SCHEDULE_KEY) if isinstance(data, dict) else None
     if per_profile is None:
         return {}

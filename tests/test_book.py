@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -525,25 +526,33 @@ def test_jobs_run_chapters_side_by_side_and_a_chapters_pages_in_order() -> None:
     assert len(groups) == 7  # datasets, the five chapters, and the comparison
 
 
+def _add_pages(root: Path, rels: Sequence[str], *, uses: Mapping[str, list[str]] | None = None,
+               schedule: Mapping[str, float] | None = None) -> None:
+    """Add trivial pages ``rels`` (``book/<folder>/<name>``, no suffix) to the tiny book: a toc
+    part, a profiles.yml entry each, ``fer_chapters`` metadata from ``uses``, demo ``schedule`` minutes."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    toc["parts"].append({"caption": "More", "chapters": [{"file": r} for r in rels]})
+    (root / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    for rel in rels:
+        _notebook(root / f"{rel}.ipynb", "print(1)", parameters=PARAMS, title=rel)
+    for rel, chapters in (uses or {}).items():
+        nb = nbformat.read(root / f"{rel}.ipynb", as_version=4)
+        nb.metadata["fer_chapters"] = chapters
+        nbformat.write(nb, root / f"{rel}.ipynb")
+    profiles = yaml.safe_load((root / "book/profiles.yml").read_text())
+    profiles.update({f"{rel}.ipynb": {"demo": {}, "paper": {}} for rel in rels})
+    if schedule is not None:
+        profiles["schedule"] = {"demo": {f"{rel}.ipynb": m for rel, m in schedule.items()}}
+    (root / "book/profiles.yml").write_text(yaml.safe_dump(profiles))
+
+
 def test_a_page_using_several_chapters_starts_after_them_under_jobs(
         tiny_book: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With --jobs, chapters run side by side, and a page naming several of them waits for all."""
     import threading
     import time
 
-    toc = yaml.safe_load((tiny_book / "_toc.yml").read_text())
-    toc["parts"].append({"caption": "More", "chapters": [{"file": "book/c1/a"}, {"file": "book/c2/b"},
-                                                         {"file": "book/beyond/all"}]})
-    (tiny_book / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
-    for rel in ("book/c1/a", "book/c2/b", "book/beyond/all"):
-        _notebook(tiny_book / f"{rel}.ipynb", "print(1)", parameters=PARAMS, title=rel)
-    nb = nbformat.read(tiny_book / "book/beyond/all.ipynb", as_version=4)
-    nb.metadata["fer_chapters"] = ["c1", "c2"]
-    nbformat.write(nb, tiny_book / "book/beyond/all.ipynb")
-    profiles = yaml.safe_load((tiny_book / "book/profiles.yml").read_text())
-    profiles.update({f"{rel}.ipynb": {"demo": {}, "paper": {}}
-                     for rel in ("book/c1/a", "book/c2/b", "book/beyond/all")})
-    (tiny_book / "book/profiles.yml").write_text(yaml.safe_dump(profiles))
+    _add_pages(tiny_book, ("book/c1/a", "book/c2/b", "book/beyond/all"), uses={"book/beyond/all": ["c1", "c2"]})
     spans: dict[str, tuple[float, float]] = {}
     lock = threading.Lock()
 
@@ -575,16 +584,8 @@ def test_longest_first_orders_groups_by_their_expected_minutes() -> None:
 def test_jobs_start_the_chapters_expected_to_take_longest_first(
         tiny_book: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """profiles.yml's schedule decides which chapter groups --jobs starts first; a cached page counts 0."""
-    toc = yaml.safe_load((tiny_book / "_toc.yml").read_text())
-    rels = ("book/c1/a", "book/c2/b", "book/c3/c")
-    toc["parts"].append({"caption": "More", "chapters": [{"file": r} for r in rels]})
-    (tiny_book / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
-    for rel in rels:
-        _notebook(tiny_book / f"{rel}.ipynb", "print(1)", parameters=PARAMS, title=rel)
-    profiles = yaml.safe_load((tiny_book / "book/profiles.yml").read_text())
-    profiles.update({f"{rel}.ipynb": {"demo": {}, "paper": {}} for rel in rels})
-    profiles["schedule"] = {"demo": {"book/c1/a.ipynb": 1, "book/c2/b.ipynb": 30, "book/c3/c.ipynb": 20}}
-    (tiny_book / "book/profiles.yml").write_text(yaml.safe_dump(profiles))
+    _add_pages(tiny_book, ("book/c1/a", "book/c2/b", "book/c3/c"),
+               schedule={"book/c1/a": 1, "book/c2/b": 30, "book/c3/c": 20})
     started: list[str] = []
 
     def fake_run_one(paths, job, profile, force, progress, dry_run=False):
@@ -621,18 +622,7 @@ def test_a_page_running_alone_gets_every_core(tiny_book: Path, monkeypatch: pyte
     """Under --jobs 2 the chapters share the cores; the page that waits for all of them starts alone
     and gets them all (wave_threads), unless the user set the thread count."""
     assert (book.wave_threads(2, 5, cpus=2), book.wave_threads(2, 1, cpus=2), book.wave_threads(4, 2, cpus=16)) == (1, 2, 8)
-    toc = yaml.safe_load((tiny_book / "_toc.yml").read_text())
-    rels = ("book/c1/a", "book/c2/b", "book/beyond/all")
-    toc["parts"].append({"caption": "More", "chapters": [{"file": r} for r in rels]})
-    (tiny_book / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
-    for rel in rels:
-        _notebook(tiny_book / f"{rel}.ipynb", "print(1)", parameters=PARAMS, title=rel)
-    nb = nbformat.read(tiny_book / "book/beyond/all.ipynb", as_version=4)
-    nb.metadata["fer_chapters"] = ["c1", "c2"]
-    nbformat.write(nb, tiny_book / "book/beyond/all.ipynb")
-    profiles = yaml.safe_load((tiny_book / "book/profiles.yml").read_text())
-    profiles.update({f"{rel}.ipynb": {"demo": {}, "paper": {}} for rel in rels})
-    (tiny_book / "book/profiles.yml").write_text(yaml.safe_dump(profiles))
+    _add_pages(tiny_book, ("book/c1/a", "book/c2/b", "book/beyond/all"), uses={"book/beyond/all": ["c1", "c2"]})
     seen: dict[str, tuple[str | None, str | None]] = {}
 
     def fake_run_one(paths, job, profile, force, progress, dry_run=False):
