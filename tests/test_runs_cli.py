@@ -43,8 +43,8 @@ def test_smoke_plan_lists_every_run_the_smoke_pages_train(smoke_plan):
     want |= {f"cbam_vgg-smoke-{k}-{rows[k]}-s{seed}" for k in ("g", "cbam") for seed in s.seeds if seed != s.seed}
     assert _names(smoke_plan, "cbam_vgg") == want | {"cbam_vgg-smoke-face-pretrain"}
     demo = plan("demo", chapters=["cbam_vgg"])  # experiment 2's claim: g and cbam once per seed
-    assert {r.seed for r in demo if r.row == "cbam"} == set(cbam_vgg.Setup.for_profile("demo").seeds) == {0, 1, 2, 3, 4}
-    assert "cbam_vgg-demo-g-vgg16_gap-s4" in {r.name for r in demo}
+    assert {r.seed for r in demo if r.row == "cbam"} == set(cbam_vgg.Setup.for_profile("demo").seeds) == {0, 1, 2}
+    assert "cbam_vgg-demo-g-vgg16_gap-s2" in {r.name for r in demo}
     # mapnet: the ablation rows x seeds, the K and alpha sweeps, the comparison's AffectNet run
     s = mapnet.Setup.for_profile("smoke")
     rows = knobs["book/mapnet/ablation.ipynb"]["rows"]

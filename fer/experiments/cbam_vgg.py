@@ -67,19 +67,10 @@ holds what the chapter's notebooks share:
    stage learns next to nothing: VGG16's classifier starts at N(0, 0.01) behind two
    dropouts, and in the demo's few head epochs its logits barely move, while every later
    stage has a learning rate ten times smaller. So in the demo every pre-trained row
-   trains all its layers from the first step, with the same class weights and flips, and
-   keeps the paper's other rule: the learning rate starts at ``finetune_lr`` and is divided
-   by 10 at each stage of ``stage_epochs`` (:func:`train_config`). Rows from scratch train
-   all layers at ``lr`` for as many epochs. The demo sets ``finetune_lr`` to ``lr``: with
-   the batch norms kept (next note) a tenth of it left row (g) under the learned bar.
-
-   Until 2026-12-04 the demo held the rate constant for 12 epochs (105 s per run on one
-   CPU core), and the runs' last epochs swung by up to 10 points of validation accuracy
-   from one epoch to the next. With the paper's division by 10 over
-   ``stage_epochs = (6, 2)`` a run takes 71 s. At seeds 0 and 4, row (g) read 62.5 % and
-   69.7 % (constant rate: 67.0 % and 48.8 %), the proposed model 61.8 % and 52.7 %
-   (64.3 % and 62.0 %): the seed-to-seed spread is as wide as before, so Experiment 2
-   keeps its five seeds.
+   trains all its layers from the first step at ``finetune_lr`` for ``sum(stage_epochs)``
+   epochs, with the same class weights and flips; rows from scratch train all layers at
+   ``lr`` for as many epochs. The demo sets ``finetune_lr`` to ``lr``: with the batch norms
+   kept (next note) a tenth of it left row (g) under the learned bar.
 
 .. note::
    **Rows that cannot be built.** Row (c), ResNet-50 pre-trained on VGGFace2, needs
@@ -107,7 +98,7 @@ from ..explain import capture
 from ..losses import inverse_frequency_weights
 from ..models import WeightFile, create_model, torchvision_weight_file, vggface_weight_file
 from ..runs import RunResult, run
-from ..train import Stage, TrainConfig, unfreeze_stages
+from ..train import TrainConfig, unfreeze_stages
 from . import _common
 from ._common import ChapterSplits, ProfileSetup, model_input, random_subset, require_data_root
 from ._common import profile_setups as _profile_setups
@@ -217,17 +208,16 @@ class Setup(ProfileSetup):
         width: VGG conv-base width multiplier (paper: 1.0); the small CNN's widths
             are scaled by the same factor.
         stage_epochs: epochs of the head stage and of each unfreezing stage (their sum
-            is the epochs of models trained from scratch); under ``finetune="all"`` the
-            stages at which the learning rate is divided by 10.
+            is the epochs of models trained from scratch).
         batch_size, lr, seed: as in :class:`fer.train.TrainConfig`.
         pretrain_identities, pretrain_n, pretrain_epochs: the VGG-Face stand-in
             (:func:`face_pretrain`, SynFER profiles only): people, faces and epochs.
         pretrain_task: what the stand-in learns
             (:data:`fer.experiments.pretraining.PRETRAIN_TASKS`; default ``"landmarks"``).
         finetune: ``"staged"`` (the paper's protocol: head first, then one conv layer at a
-            time) or ``"all"`` (every layer from the first step, from ``finetune_lr`` divided
-            by 10 per stage; the demo's, module note) for rows that start from pre-trained weights.
-        finetune_lr: the first stage's learning rate under ``finetune="all"`` (``None``: ``lr / 10``).
+            time) or ``"all"`` (every layer from the first step at ``finetune_lr``; the demo's,
+            module note) for rows that start from pre-trained weights.
+        finetune_lr: the learning rate of ``finetune="all"`` (``None``: ``lr / 10``).
         batch_norm: a batch norm after each conv of every VGG16 row, the stand-in's norms
             loaded as trained (SynFER profiles only; module note). ``False``: the paper's
             plain VGG16, the stand-in's norms folded into its convs.
@@ -310,8 +300,7 @@ class Setup(ProfileSetup):
             width += " with a batch norm after each conv"
         stages = " + ".join(str(e) for e in self.stage_epochs)
         schedule = (f"epochs {stages} (head + {self.unfreeze} unfreezing stages)" if self.finetune == "staged"
-                    else f"epochs {stages}, all layers (pre-trained rows from lr {self.all_layers_lr:g}, "
-                         f"divided by 10 per stage)")
+                    else f"{self.epochs} epochs, all layers (pre-trained rows at lr {self.all_layers_lr:g})")
         return f"{sizes}; 48 px faces resized to {self.input_size} px; {width}; {schedule}, batch {self.batch_size}"
 
 
@@ -426,9 +415,8 @@ def finetune_text(setup: Setup) -> str:
     """How this profile fine-tunes pre-trained rows, for the pages (module notes)."""
     if setup.finetune == "staged":
         return "as the paper does: head first, then one more conv layer per stage"
-    stages = " + ".join(str(e) for e in setup.stage_epochs)
-    return (f"differently: every layer trains from the first step, for {stages} epochs at learning rate "
-            f"{setup.all_layers_lr:g}, divided by 10 at each stage as the paper's is, "
+    return (f"differently: every layer trains from the first step at learning rate {setup.all_layers_lr:g} "
+            f"for {setup.epochs} epochs, "
             "because staged from the SynFER start the head stage learns next to nothing (a classifier "
             "initialised at N(0, 0.01) behind two dropouts barely moves in a few epochs, and every later "
             "stage learns ten times slower)")
@@ -500,9 +488,8 @@ def _last_conv_paths(model: nn.Module, n: int) -> list[str]:
 
 
 def train_config(setup: Setup, model: nn.Module, *, pretrained: bool) -> TrainConfig:
-    """The chapter's one protocol (module notes): for pre-trained bases staged, or all layers
-    from ``setup.all_layers_lr``, divided by 10 at each stage of ``setup.stage_epochs``
-    (``setup.finetune``); from scratch all layers at ``lr``.
+    """The chapter's one protocol (module notes): for pre-trained bases staged, or all layers at
+    ``setup.all_layers_lr`` (``setup.finetune``); from scratch all layers at ``lr``.
 
     Normalisation follows the starting weights (VGG-Face: mean pixel, std 1/255;
     ImageNet: its mean/std); the SynFER stand-in and models from scratch use 0.5/0.5.
@@ -517,9 +504,6 @@ def train_config(setup: Setup, model: nn.Module, *, pretrained: bool) -> TrainCo
     lr = setup.lr
     if pretrained and setup.finetune == "all":
         lr = setup.all_layers_lr
-        stages = [Stage(epochs=e, lr_scale=PAPER_PROTOCOL["lr_factor"] ** k,
-                        name="all layers" if k == 0 else f"all layers, lr / {10 ** k}")
-                  for k, e in enumerate(setup.stage_epochs)]
     elif pretrained:
         head = ["head"] + (["attn"] if any(True for _ in model.attn.parameters()) else [])
         stages = unfreeze_stages(head=head, layers=_last_conv_paths(model, setup.unfreeze),
