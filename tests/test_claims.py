@@ -78,6 +78,13 @@ def test_manet_claims_table():
     assert rows[6]["ours"] == pytest.approx(0.05) and rows[7]["ours"] == pytest.approx(-0.2)
     # a CK+ gain inside the fold spread does not hold
     assert C.manet_claims(raf, ck, ck_sd=5.0, iou_mean=0, q_change=0, raf_loc=loc, ck_loc=loc)[2]["holds"] == "no"
+    # one fold has no spread (its SD reads 0): no verdict rather than a gain "above" zero noise
+    assert C.manet_claims(raf, ck, ck_sd=0.0, iou_mean=0, q_change=0, raf_loc=loc, ck_loc=loc,
+                          ck_folds=1)[2]["holds"] == "not judged"
+    # a profile without CK+ runs (the demo) measures none of the CK+ rows
+    none = C.manet_claims(raf, {}, ck_sd=0.0, iou_mean=0, q_change=0, raf_loc=loc, ck_loc={}, ck_folds=0)
+    assert [(r["ours"], r["holds"]) for r in (none[2], none[3], none[7])] == [(None, "not measured")] * 3
+    assert none[0]["holds"] == "inconclusive" or none[0]["holds"] in ("yes", "no")
     # RAF-DB rows follow the seed rule: one seed is inconclusive, whatever the means say
     one = {k: {0: v[0]} for k, v in raf.items()}
     assert [r["holds"] for r in C.manet_claims(one, ck, ck_sd=3.0, iou_mean=0, q_change=0, raf_loc=loc,
@@ -165,7 +172,8 @@ def test_manet_ck_verdict_every_branch():
     assert out["verdict"].startswith("below the better baseline")
     out = C.manet_ck_verdict({**acc, "ours": [85.0, 88.0, 91.0], "vgg": [87.0, 87.0, 87.0]})  # +1 against 3
     assert out["verdict"].startswith("within") and out["se_vs_vgg"] == "not above"
-    assert C.manet_ck_verdict({k: v[:1] for k, v in acc.items()})["sd"] == 0.0
+    one = C.manet_ck_verdict({k: v[:1] for k, v in acc.items()})
+    assert one["sd"] == 0.0 and one["verdict"].startswith("not judged: one fold")  # not "consistent" on sd 0
 
 
 def test_manet_q_loc_and_one_class_notes():

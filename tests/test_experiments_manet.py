@@ -50,6 +50,13 @@ def test_setup_validation():
         M.Setup(profile="full")
     with pytest.raises(ValueError, match="folds"):
         M.Setup(folds=(10,))
+    with pytest.raises(ValueError, match="folds"):
+        M.Setup(folds=(1, 1))
+    # no fold: the demo trains no CK+ run (breadth it cuts, book/profiles.yml); the pages say so
+    demo = M.profile_setups()["demo"]
+    assert demo.folds == () and not M.runs_ck(demo) and M.runs_ck(M.Setup())
+    assert M.ck_not_run_text(demo) == ("not measured: the demo profile trains no CK+ fold, to stay within the "
+                                       "book's CPU budget (the paper profile runs all 10)")
     s = M.Setup.from_params(profile="demo", seeds=[1, 2], folds=[0, 3], n_show=4)
     assert s.seeds == (1, 2) and s.seed0 == 1 and s.folds == (0, 3)
     assert not M.Setup().batch_norm and not M.Setup.for_profile("paper").batch_norm

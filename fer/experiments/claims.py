@@ -307,8 +307,8 @@ def manet_paper_gap(better: str, worse: str, table: str = "raf") -> float:
 
 
 def manet_claims(raf_acc: Mapping[str, Mapping[int, float]], ck_acc: Mapping[str, float], ck_sd: float,
-                 iou_mean: float, q_change: float, raf_loc: Mapping[str, float], ck_loc: Mapping[str, float]
-                 ) -> list[dict[str, Any]]:
+                 iou_mean: float, q_change: float, raf_loc: Mapping[str, float], ck_loc: Mapping[str, float],
+                 *, ck_folds: int = 2) -> list[dict[str, Any]]:
     """The visualisation page's closing table: each claim, the paper's number, ours, and whether it holds.
 
     ``raf_acc``: test accuracy % per key (``ours``, ``se``, ``vgg``) and seed, pre-trained: the
@@ -316,8 +316,10 @@ def manet_claims(raf_acc: Mapping[str, Mapping[int, float]], ck_acc: Mapping[str
     is ``"yes"`` / ``"no"`` for its verdict ``holds`` / ``does not hold``, else
     ``"inconclusive"``). ``ck_acc``: mean accuracy % per key; ``ck_sd``: the largest
     fold-to-fold standard deviation; ``raf_loc`` / ``ck_loc``: Grad-CAM energy on the evidence
-    per key. The other rows' ``holds`` is ``"yes"`` / ``"no"``, or ``"—"`` where the paper has
-    only pictures.
+    per key; ``ck_folds``: how many folds ``ck_acc`` averages (one fold has no spread, so its
+    first CK+ row is ``"not judged"``; none, with empty ``ck_acc`` and ``ck_loc``, makes every CK+
+    row ``"not measured"``). The other rows' ``holds`` is ``"yes"`` / ``"no"``, or ``"—"`` where the
+    paper has only pictures.
     """
     def holds(ok: bool) -> str:
         return "yes" if ok else "no"
@@ -330,15 +332,18 @@ def manet_claims(raf_acc: Mapping[str, Mapping[int, float]], ck_acc: Mapping[str
                 "paper": manet_paper_gap("ours", worse), "ours": v.gain,
                 "holds": {"holds": "yes", "does not hold": "no"}.get(v.verdict, v.verdict)}
 
-    ck_gain = ck_acc["ours"] - max(ck_acc["se"], ck_acc["vgg"])
+    ck = ck_folds > 0 and bool(ck_acc)
+    ck_gain = ck_acc["ours"] - max(ck_acc["se"], ck_acc["vgg"]) if ck else None
+    ck_first = ("not measured" if not ck else "not judged" if ck_folds < 2
+                else holds(separation(ck_gain, ck_sd) == "above"))
     return [
         raf_row("vgg"),
         raf_row("se"),
         {"claim": "CK+: MANet beats the better baseline by more than the fold spread (points)",
-         "paper": manet_paper_gap("ours", "se", "ck"), "ours": ck_gain,
-         "holds": holds(separation(ck_gain, ck_sd) == "above")},
+         "paper": manet_paper_gap("ours", "se", "ck"), "ours": ck_gain, "holds": ck_first},
         {"claim": "CK+: VGG+SE beats VGG fine-tuning (points)", "paper": manet_paper_gap("se", "vgg", "ck"),
-         "ours": ck_acc["se"] - ck_acc["vgg"], "holds": holds(ck_acc["se"] > ck_acc["vgg"])},
+         "ours": ck_acc["se"] - ck_acc["vgg"] if ck else None,
+         "holds": holds(ck_acc["se"] > ck_acc["vgg"]) if ck else "not measured"},
         {"claim": "RASnet locates the regions (mean IoU)", "paper": None, "ours": iou_mean, "holds": "—"},
         {"claim": "region weights adapt to the expression (largest change of a mean q_r)", "paper": None,
          "ours": q_change, "holds": "—"},
@@ -346,8 +351,8 @@ def manet_claims(raf_acc: Mapping[str, Mapping[int, float]], ck_acc: Mapping[str
          "paper": None, "ours": raf_loc["ours"] - max(raf_loc["vgg"], raf_loc["se"]),
          "holds": holds(max(raf_loc, key=raf_loc.get) == "ours")},
         {"claim": "the same on the CK+ stand-in", "paper": None,
-         "ours": ck_loc["ours"] - max(ck_loc["vgg"], ck_loc["se"]),
-         "holds": holds(max(ck_loc, key=ck_loc.get) == "ours")},
+         "ours": ck_loc["ours"] - max(ck_loc["vgg"], ck_loc["se"]) if ck and ck_loc else None,
+         "holds": holds(max(ck_loc, key=ck_loc.get) == "ours") if ck and ck_loc else "not measured"},
     ]
 
 
@@ -645,6 +650,10 @@ _MANET_CK_VERDICTS = {
 }
 
 
+#: With one fold there is no fold-to-fold spread (its SD reads 0): no verdict either way.
+_MANET_CK_ONE_FOLD = "not judged: one fold has no fold-to-fold spread to measure the gain against"
+
+
 def manet_ck_verdict(acc: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     """Table 5's claims on the CK+ stand-in: MANet against the better baseline, and VGG+SE against VGG.
 
@@ -655,7 +664,9 @@ def manet_ck_verdict(acc: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     means = {k: float(np.mean(v)) for k, v in acc.items()}
     gain = means["ours"] - max(means["vgg"], means["se"])
     sd = max(seed_sd(v) for v in acc.values())
-    return {"gain": gain, "sd": sd, "verdict": _MANET_CK_VERDICTS[separation(gain, sd)],
+    folds = min(len(v) for v in acc.values())
+    verdict = _MANET_CK_VERDICTS[separation(gain, sd)] if folds > 1 else _MANET_CK_ONE_FOLD
+    return {"gain": gain, "sd": sd, "verdict": verdict,
             "se_vs_vgg": "above" if means["se"] > means["vgg"] else "not above"}
 
 

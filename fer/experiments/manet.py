@@ -128,6 +128,8 @@ __all__ = [
     "mask_figure",
     "identity_grid",
     "run_raf_rows",
+    "runs_ck",
+    "ck_not_run_text",
     "run_ck_folds",
     "summed_confusion",
     "CkData",
@@ -232,7 +234,8 @@ class Setup(ProfileSetup):
         ck_iterations, ck_step: the same on CK+.
         ras_iterations: stage 1 (RASnet) iterations; ``None``: as stage 2.
         seeds: training seeds of the RAF-DB rows (spread in the demo profile).
-        folds: the CK+ folds run (of 10); all ten in ``paper``.
+        folds: the CK+ folds run (of 10); all ten in ``paper``; none in ``demo``
+            (:func:`runs_ck`: Table 5 and Figures 7-8 then show the paper's side only).
         pretrain_identities, pretrain_n, pretrain_epochs: the VGG-Face stand-in: people,
             faces and epochs.
         pretrain_task: what the stand-in learns
@@ -282,8 +285,8 @@ class Setup(ProfileSetup):
             raise ValueError("seeds needs at least one seed")
         check_task(self.pretrain_task, chapter="manet")
         bad = [f for f in self.folds if not 0 <= f < self.num_folds]
-        if bad or not self.folds:
-            raise ValueError(f"folds must be in 0..{self.num_folds - 1}, got {list(self.folds)}")
+        if bad or len(set(self.folds)) != len(self.folds):
+            raise ValueError(f"folds must be distinct, in 0..{self.num_folds - 1}, got {list(self.folds)}")
         for name in ("raf_iterations", "raf_step", "ck_iterations", "ck_step", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -596,13 +599,25 @@ def run_raf_rows(setup: Setup, data: ChapterData, *, face: RunResult | None = No
     return out
 
 
+def runs_ck(setup: Setup) -> bool:
+    """Whether ``setup`` trains on the CK+ stand-in at all (the demo profile does not: its
+    ``folds`` is empty, to stay within the book's CPU budget)."""
+    return bool(setup.folds)
+
+
+def ck_not_run_text(setup: Setup) -> str:
+    """What the CK+ pages say in place of the numbers a profile without CK+ runs does not measure."""
+    return (f"not measured: the {setup.profile} profile trains no CK+ fold, to stay within the book's CPU budget "
+            f"(the paper profile runs all {setup.num_folds})")
+
+
 def run_ck_folds(setup: Setup, ck: CkData, *, face: RunResult | None = None,
                  keys: Sequence[str] = ("ours", "se", "vgg"), progress: bool = True) -> dict[str, list[RunResult]]:
     """Table 5's rows: every model in ``keys`` (pre-trained) on each fold in ``setup.folds``.
 
     Returns ``{key: [run per fold]}``, folds in ``setup.folds`` order.
     """
-    if face is None and setup.synthetic:
+    if face is None and setup.synthetic and runs_ck(setup):
         face = face_pretrain(setup, progress=progress)
     out: dict[str, list[RunResult]] = {k: [] for k in keys}
     for fold in setup.folds:
