@@ -1248,18 +1248,18 @@ def run_notebooks(
 
     groups = page_groups(paths.root, [job.rel for job in plan]) if jobs > 1 else [[job.rel] for job in plan]
     by_rel = {job.rel: job for job in plan}
+    # Pages that use several chapters' runs (the last group, page_groups) start after the others.
+    last_waits = jobs > 1 and bool(groups) and all(after_all(paths.root, r) for r in groups[-1])
     if jobs > 1:
         minutes = expected_minutes(paths.root, profile)
         groups = longest_first(groups, {job.rel: 0.0 if _needs_no_kernel(paths, job, profile, force, dry_run)
                                         else minutes.get(job.rel.as_posix(), SHORT_PAGE_MINUTES) for job in plan},
-                               keep_last=bool(groups) and all(after_all(paths.root, r) for r in groups[-1]))
+                               keep_last=last_waits)
     bar = tqdm(total=len(plan), desc=f"notebooks ({profile})", unit="nb")
     env = _kernel_environment(profile, device or "auto", paths.root, threads=kernel_threads(jobs),
                               dry_runs=paths.dry_runs if dry_run else None,
                               datasets=None if dry_run else dataset_store(paths, package_dir))
-    # Pages that use several chapters' runs (the last group, page_groups) start after the others.
-    waves = ([groups[:-1], groups[-1:]] if jobs > 1 and groups and all(after_all(paths.root, r) for r in groups[-1])
-             else [groups])
+    waves = [groups[:-1], groups[-1:]] if last_waits else [groups]
     owned = [name for name in THREAD_ENV if not os.environ.get(name)]  # the user's own settings win
     with env, concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         running = 0
