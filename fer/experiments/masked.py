@@ -116,6 +116,7 @@ __all__ = [
     "run_model",
     "TABLE3_MODELS",
     "SHARED_MODELS",
+    "STAGE2_MODELS",
     "page_models",
     "shared_not_run_text",
     "run_all",
@@ -161,8 +162,13 @@ FIGURE7: dict[str, list[list[float]]] = {
 }
 #: What the text claims about the totals.
 CLAIMS: dict[str, float] = {"abstract_total": 86.8, "abstract_gain_over_vgg": 2.5, "conclusion_total": 86.7}
-#: Table 3's rows and the shared-extractor variant, in display order.
-MODELS: tuple[str, ...] = ("vgg11", "abn", "fecn", "fecn_shared", "fecn_shared_ft")
+#: The rows of Stage 2 (Table 3), and the shared-extractor variants the Shared page adds.
+TABLE3_MODELS: tuple[str, ...] = ("vgg11", "abn", "fecn")
+SHARED_MODELS: tuple[str, ...] = ("fecn_shared", "fecn_shared_ft")
+#: Table 3's rows and the shared-extractor variants, in display order.
+MODELS: tuple[str, ...] = TABLE3_MODELS + SHARED_MODELS
+#: The stage-2 models: they load the trained MCN.
+STAGE2_MODELS: tuple[str, ...] = ("fecn",) + SHARED_MODELS
 MODEL_LABEL: dict[str, str] = {"vgg11": "VGG11", "abn": "ABN", "fecn": "FECN (ours)",
                                "fecn_shared": "shared extractor, frozen",
                                "fecn_shared_ft": "shared extractor, fine-tuned"}
@@ -457,7 +463,7 @@ def build_model(name: str, *, kwargs: Mapping[str, Any], pretrained: bool = Fals
     ``fecn_shared`` load the MCN run ``mcn_run`` (a folder name under the runs root). With
     ``trunk_run`` (a :func:`trunk_pretrain` run) its VGG11 layers start from that run's,
     before the MCN is loaded (the shared extractor is the MCN's)."""
-    fecn = name in ("fecn", "fecn_shared", "fecn_shared_ft")
+    fecn = name in STAGE2_MODELS
     if fecn and mcn_run is None:
         raise ValueError(f"{name} needs the trained MCN: pass mcn_run (the run_mcn result's folder name)")
     extra = {"freeze_extractor": False} if name == "fecn_shared_ft" else {}
@@ -519,7 +525,7 @@ def run_model(setup: Setup, data: ChapterData, name: str, seed: int, *, mcn: Run
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
     mcn_name = None
-    if name in ("fecn", "fecn_shared", "fecn_shared_ft"):
+    if name in STAGE2_MODELS:
         mcn = mcn if mcn is not None else run_mcn(setup, data, progress=progress)
         mcn_name = mcn.path.name
     build = partial(build_model, name, kwargs=model_kwargs(setup), pretrained=setup.pretrained, mcn_run=mcn_name,
@@ -527,11 +533,6 @@ def run_model(setup: Setup, data: ChapterData, name: str, seed: int, *, mcn: Run
     return run(_run_name(setup, f"{name}-s{seed}"), train_config(setup, name, seed), build, data.train,
                eval_sets={"test": data.test}, loss_fn=abn_loss if name == "abn" else None,
                spec={"model": name, "mcn_run": mcn_name, **model_kwargs(setup)}, progress=progress)
-
-
-#: The rows of Stage 2 (Table 3), and the shared-extractor variants the Shared page adds.
-TABLE3_MODELS: tuple[str, ...] = ("vgg11", "abn", "fecn")
-SHARED_MODELS: tuple[str, ...] = ("fecn_shared", "fecn_shared_ft")
 
 
 def page_models(setup: Setup, page: str) -> tuple[str, ...]:

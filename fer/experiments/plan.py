@@ -505,7 +505,7 @@ def _masked(setup: masked.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
 
     def trainer_of(model: str, seed: int) -> Callable[[_Context], RunResult]:
         def trainer(ctx: _Context) -> RunResult:
-            stage2 = model in ("fecn",) + X.SHARED_MODELS
+            stage2 = model in X.STAGE2_MODELS
             return X.run_model(setup, data(ctx), model, seed, mcn=mcn(ctx) if stage2 else None,
                                progress=ctx.progress)
         return trainer
@@ -517,7 +517,7 @@ def _masked(setup: masked.Setup, knobs: Mapping[str, Mapping[str, Any]]) -> list
               call="masked.run_mcn(setup, load_data(setup))", needs=trunk)
 
     def add(rel: str, model: str, seed: int) -> None:
-        stage2 = model in ("fecn",) + X.SHARED_MODELS
+        stage2 = model in X.STAGE2_MODELS
         trunk = p.add_trunk(rel, setup, X, seed=setup.data_seed)
         p.add(rel, name=X._run_name(setup, f"{model}-s{seed}"), row=model, seed=seed,
               dataset=f"M-FER-dataset ({source})", train_images=setup.n_train, epochs=setup.epochs, estimate=False,
